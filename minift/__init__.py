@@ -1,0 +1,10 @@
+"""minift: fine-tuning from first principles.
+
+    cfg   = minift.ModelConfig.preset("qwen2.5-0.5b")
+    model = minift.Transformer(cfg)
+    model = minift.load_pretrained(path_or_id, dtype="bfloat16", device="auto")
+"""
+from minift.config import ModelConfig
+from minift.model import KVCache, Transformer
+
+__all__ = ["ModelConfig", "Transformer", "KVCache"]
