@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minift.config import ModelConfig
-from minift.kernels import cross_entropy
+from minift.kernels import linear_cross_entropy_fused, dispatch
 
 
 class RMSNorm(nn.Module):
@@ -33,9 +33,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # The math, as kernels/rmsnorm.py rms_norm_reference runs it (CPU, MPS):
+        #     x32 = x.float()
+        #     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        #     return self.weight * x32.to(x.dtype)
+        # On CUDA, dispatch runs the Triton kernel with a backward that saves only x and 1/rms.
+        return dispatch.rms_norm(x, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -62,8 +65,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x (B, nh, T, hd); cos, sin (B, T, hd) -> broadcast over heads
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+    # x (B, nh, T, hd); cos, sin (B, T, hd) -> broadcast over heads:
+    #     x * cos[:, None] + rotate_half(x) * sin[:, None]
+    # (kernels/rope.py apply_rope_reference; on CUDA, dispatch runs the one-pass Triton kernel)
+    return dispatch.apply_rope(x, cos, sin)
 
 
 class KVCache:
@@ -145,7 +150,9 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(f, h, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # dispatch.swiglu(gate, up) = F.silu(gate) * up (kernels/swiglu.py; on CUDA a fused kernel
+        # whose backward saves gate and up only)
+        return self.down_proj(dispatch.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -243,12 +250,14 @@ class Transformer(nn.Module):
 
         targets (B, T): the token each position must predict (already shifted, as in nanoGPT),
         -100 where no loss is taken. With targets the head and the loss run chunk by chunk and the
-        full (B, T, vocab) logits are never stored (see kernels/cross_entropy.py).
+        full (B, T, vocab) logits are never stored. kernels/cross_entropy.py is the readable version;
+        kernels/linear_cross_entropy_fused.py, used here, computes the gradient in the forward pass
+        and so saves one head matmul per chunk.
         logits_to_keep: if > 0, only the last that many positions go through the head (decoding)."""
         x = self.hidden_states(input_ids, position_ids=position_ids, segment_ids=segment_ids, cache=cache)
         if targets is not None:
-            return cross_entropy.linear_cross_entropy(x, self.lm_head.weight, targets,
-                                                      chunk_size=self.loss_chunk_size)
+            return linear_cross_entropy_fused.linear_cross_entropy(x, self.lm_head.weight, targets,
+                                                                   chunk_size=self.loss_chunk_size)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.lm_head(x)                                                    # (B, T, vocab)

@@ -1,0 +1,571 @@
+"""Data: files -> token ids with loss masks -> rows of seq_len -> batches on a device.
+
+    read_jsonl(path)      pairs {"instruction", "input"?, "output"} or chats {"messages": [...]}
+                          -> ChatData: one message list per line, each line checked
+    read_text(path)       raw text (.txt, documents split on blank lines; or .jsonl {"text"})
+    encode_chat(msgs,tok) -> ids, labels: labels = ids on the assistant answers (content and the
+                          closing <|im_end|>), -100 everywhere else
+    to_example(ids,labels)-> Example(input_ids, targets), targets[t] = labels[t + 1] (already shifted,
+                          as model.forward expects)
+    build_examples(...)   every conversation -> Example, truncated to seq_len (counted) or an error
+    pack(examples, T)     short examples side by side in rows of T, with position_ids restarting at 0
+                          and segment_ids, so attention stays inside each example
+    text_rows(docs, T)    pre-training: one stream of tokens, documents separated by an end token
+    Batches(rows, B)      a resumable iterator of {"input_ids", "targets", ...} tensors on a device
+    load_sft / load_pretrain   the above in one call, with a seeded validation split
+    dataset_stats(path)   pairs / tokens in a file (for the four-path decision tree)
+
+The loss mask. Only the assistant's answers are learned: the prompt (system, user, the
+"<|im_start|>assistant\\n" header) is context the model reads but is not graded on, otherwise it
+would spend capacity learning to write the user's questions. Each answer's span is found by
+rendering the conversation up to that turn with the generation prompt and tokenizing it: those ids
+must be a prefix of the whole conversation's ids (checked; a template or tokenizer that merges
+across the boundary raises rather than mask the wrong tokens). The span ends at the turn's closing
+<|im_end|>, which is learned: it is how the model learns to stop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Bad data: the message names the file and line (or the example index) and what is wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ChatData:
+    """Conversations read from a JSONL file. conversations[i] came from line lines[i]; skipped holds
+    (line, reason) for every line left out with skip_bad_lines=True."""
+    path: str
+    conversations: list[list[dict]]
+    lines: list[int]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, i):
+        return self.conversations[i]
+
+    def __iter__(self):
+        return iter(self.conversations)
+
+
+def _check_messages(messages) -> str | None:
+    """None if `messages` is a valid chat, else what is wrong with it."""
+    if not isinstance(messages, list) or not messages:
+        return f"'messages' must be a non-empty list, got {type(messages).__name__}"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"messages[{i}] must be an object, got {type(m).__name__}"
+        for key in ("role", "content"):
+            if key not in m:
+                return f"messages[{i}] has no {key!r}"
+        if m["role"] not in ROLES:
+            return f"messages[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}"
+        if not isinstance(m["content"], str):
+            return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no assistant turn: nothing to learn from this conversation"
+    return None
+
+
+def record_to_messages(obj) -> tuple[list[dict] | None, str | None]:
+    """One JSON value -> (messages, None) or (None, what is wrong). The alpaca shape becomes
+    user = instruction + ("\\n\\n" + input if input) and assistant = output."""
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    if "messages" in obj:
+        problem = _check_messages(obj["messages"])
+        if problem:
+            return None, problem
+        return [{"role": m["role"], "content": m["content"]} for m in obj["messages"]], None
+    if "instruction" in obj or "output" in obj:
+        for key in ("instruction", "output"):
+            if key not in obj:
+                return None, f"missing field {key!r} (alpaca records need 'instruction' and 'output')"
+            if not isinstance(obj[key], str):
+                return None, f"{key!r} must be a string, got {type(obj[key]).__name__}"
+            if not obj[key].strip():
+                return None, f"{key!r} is empty"
+        inp = obj.get("input")
+        if inp is not None and not isinstance(inp, str):
+            return None, f"'input' must be a string (or absent/null), got {type(inp).__name__}"
+        user = obj["instruction"] + ("\n\n" + inp if inp else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}], None
+    if "text" in obj:
+        return None, "a raw-text record ({'text': ...}); read it with read_text for pre-training"
+    return None, ("missing fields: expected 'instruction' and 'output' (alpaca) or 'messages' (chat); "
+                  f"found keys {sorted(obj)}")
+
+
+def read_jsonl(path: str, skip_bad_lines: bool = False) -> ChatData:
+    """Read pairs or chats, one JSON object per line (blank lines are allowed and ignored).
+
+    A bad line raises DataError naming path:line and the problem; with skip_bad_lines=True it is
+    left out, recorded in ChatData.skipped and counted in a logged warning."""
+    conversations, lines, skipped, seen = [], [], [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            seen += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                messages, problem = None, f"not JSON ({e.msg} at column {e.colno})"
+            else:
+                messages, problem = record_to_messages(obj)
+            if problem:
+                if not skip_bad_lines:
+                    raise DataError(f"{path}:{line_no}: {problem}")
+                skipped.append((line_no, problem))
+                continue
+            conversations.append(messages)
+            lines.append(line_no)
+    if seen == 0:
+        raise DataError(f"{path}: empty file (no JSON lines)")
+    if skipped:
+        first = "; ".join(f"line {n}: {why}" for n, why in skipped[:3])
+        logger.warning("%s: skipped %d bad line(s) of %d (%s%s)", path, len(skipped), seen, first,
+                       ", ..." if len(skipped) > 3 else "")
+    if not conversations:
+        raise DataError(f"{path}: no valid examples ({len(skipped)} bad line(s) skipped)")
+    return ChatData(path, conversations, lines, skipped)
+
+
+def read_text(path: str) -> list[str]:
+    """Documents of a raw-text corpus: a .jsonl file of {"text": str} lines, or any other file as
+    plain text split on blank lines (each document keeps its single newlines)."""
+    docs: list[str] = []
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{line_no}: not JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(obj, dict) or "text" not in obj:
+                    raise DataError(f"{path}:{line_no}: expected an object with a 'text' field")
+                if not isinstance(obj["text"], str):
+                    raise DataError(f"{path}:{line_no}: 'text' must be a string, got {type(obj['text']).__name__}")
+                if obj["text"].strip():
+                    docs.append(obj["text"].strip())
+    else:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read().replace("\r\n", "\n")
+        docs = [d.strip() for d in re.split(r"\n[ \t]*\n", text) if d.strip()]
+    if not docs:
+        raise DataError(f"{path}: empty file (no documents)")
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens and loss masks
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    targets: list[int]                    # already shifted: targets[t] is what position t predicts
+    position_ids: list[int] | None = None
+    segment_ids: list[int] | None = None
+    num_padding: int = 0                  # pad tokens at the end of a packed or stream row
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(t != IGNORE_INDEX for t in self.targets)
+
+
+def encode_chat(messages: Sequence[dict], tok, end_of_turn: str = "<|im_end|>") -> tuple[list[int], list[int]]:
+    """Token ids of the whole rendered conversation, and labels: the id on every assistant-answer
+    token (content + the closing end_of_turn token), IGNORE_INDEX elsewhere. Not shifted."""
+    ids = tok.encode(tok.apply_chat_template(list(messages), add_generation_prompt=False))
+    eot = tok.encode(end_of_turn)
+    if len(eot) != 1:
+        raise ValueError(f"end_of_turn {end_of_turn!r} is not a single token for this tokenizer ({eot})")
+    eot = eot[0]
+    labels = [IGNORE_INDEX] * len(ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = tok.encode(tok.apply_chat_template(list(messages[:i]), add_generation_prompt=True))
+        if ids[:len(prefix)] != prefix:
+            raise ValueError(f"assistant turn {i}: the conversation rendered up to it (with the generation "
+                             "prompt) does not tokenize to a prefix of the whole conversation, so the answer's "
+                             "tokens cannot be located; the chat template or tokenizer merges across the boundary")
+        start = len(prefix)
+        try:
+            end = ids.index(eot, start)
+        except ValueError:
+            raise ValueError(f"assistant turn {i}: no {end_of_turn!r} after the answer; "
+                             "is the chat template ChatML?") from None
+        labels[start:end + 1] = ids[start:end + 1]
+    return ids, labels
+
+
+def to_example(ids: Sequence[int], labels: Sequence[int]) -> Example:
+    """targets[t] = labels[t + 1]: position t is graded on the token after it; the last has none."""
+    return Example(list(ids), list(labels[1:]) + [IGNORE_INDEX])
+
+
+@dataclass
+class DatasetStats:
+    num_examples: int = 0
+    num_tokens: int = 0            # input tokens after truncation (padding not counted)
+    num_loss_tokens: int = 0       # targets that are graded
+    num_truncated: int = 0         # examples longer than seq_len, cut to it
+    tokens_lost: int = 0           # tokens cut off by truncation
+    loss_tokens_lost: int = 0      # of those, answer tokens
+    num_without_loss: int = 0      # examples with no graded token left (the prompt filled seq_len)
+    num_skipped_lines: int = 0     # bad lines left out by read_jsonl(skip_bad_lines=True)
+    num_rows: int = 0              # rows after packing (or examples, unpacked)
+    num_padding: int = 0           # pad tokens in those rows
+
+    def summary(self) -> str:
+        s = (f"{self.num_examples:,} examples, {self.num_tokens:,} tokens ({self.num_loss_tokens:,} graded) "
+             f"in {self.num_rows:,} rows, {self.num_padding:,} padding")
+        if self.num_truncated:
+            s += f"; {self.num_truncated:,} truncated ({self.tokens_lost:,} tokens lost)"
+        if self.num_skipped_lines:
+            s += f"; {self.num_skipped_lines:,} bad lines skipped"
+        return s
+
+
+def build_examples(conversations: Sequence[Sequence[dict]], tok, seq_len: int, on_long: str = "truncate",
+                   end_of_turn: str = "<|im_end|>", source: str = "") -> tuple[list[Example], DatasetStats]:
+    """Tokenize and mask each conversation. One longer than seq_len is cut to its first seq_len
+    tokens and counted (on_long="truncate"), or raises naming it (on_long="error"). None is dropped."""
+    if on_long not in ("truncate", "error"):
+        raise ValueError(f"on_long must be 'truncate' or 'error', not {on_long!r}")
+    stats, examples = DatasetStats(), []
+    for index, messages in enumerate(conversations):
+        ids, labels = encode_chat(messages, tok, end_of_turn)
+        ex = to_example(ids, labels)
+        if len(ex) > seq_len:
+            if on_long == "error":
+                where = f"{source}: " if source else ""
+                raise DataError(f"{where}example {index} has {len(ex)} tokens, more than seq_len={seq_len} "
+                                "(use on_long='truncate' to cut it, or raise seq_len)")
+            kept = Example(ex.input_ids[:seq_len], ex.targets[:seq_len])
+            stats.num_truncated += 1
+            stats.tokens_lost += len(ex) - seq_len
+            stats.loss_tokens_lost += ex.num_loss_tokens - kept.num_loss_tokens
+            ex = kept
+        n_loss = ex.num_loss_tokens
+        stats.num_without_loss += n_loss == 0
+        stats.num_examples += 1
+        stats.num_tokens += len(ex)
+        stats.num_loss_tokens += n_loss
+        examples.append(ex)
+    if stats.num_truncated:
+        logger.warning("%s%d of %d examples were longer than seq_len=%d and truncated (%d tokens lost, %d of "
+                       "them graded)", f"{source}: " if source else "", stats.num_truncated, stats.num_examples,
+                       seq_len, stats.tokens_lost, stats.loss_tokens_lost)
+    if stats.num_without_loss:
+        logger.warning("%d examples keep no graded token after truncation; raise seq_len",
+                       stats.num_without_loss)
+    return examples, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: packing for SFT, a continuous stream for pre-training
+# ---------------------------------------------------------------------------------------------
+
+def pack(examples: Sequence[Example], seq_len: int, pad_id: int = 0,
+         stats: DatasetStats | None = None) -> list[Example]:
+    """Put examples side by side in rows of exactly seq_len tokens, in order (greedy: an example
+    that does not fit in the current row starts the next one; the rest of the row is padding).
+
+    position_ids restart at 0 for every example, so each sees the rotary positions it would see
+    alone; segment_ids number the examples in a row (padding is -1), and the model attends only
+    within a segment (block-diagonal causal attention), so packed examples never see each other and
+    the loss of a packed row equals the losses of its examples computed one by one."""
+    rows, cur = [], Example([], [], [], [])
+
+    def close():
+        pad = seq_len - len(cur)
+        cur.input_ids += [pad_id] * pad
+        cur.targets += [IGNORE_INDEX] * pad
+        cur.position_ids += list(range(pad))
+        cur.segment_ids += [-1] * pad
+        cur.num_padding = pad
+        if stats is not None:
+            stats.num_padding += pad
+        rows.append(cur)
+
+    for ex in examples:
+        if len(ex) > seq_len:
+            raise ValueError(f"an example of {len(ex)} tokens does not fit seq_len={seq_len}; truncate first")
+        if len(cur) + len(ex) > seq_len:
+            close()
+            cur = Example([], [], [], [])
+        segment = cur.segment_ids[-1] + 1 if cur.segment_ids else 0
+        cur.input_ids += ex.input_ids
+        cur.targets += ex.targets
+        cur.position_ids += list(range(len(ex)))
+        cur.segment_ids += [segment] * len(ex)
+    if len(cur):
+        close()
+    if stats is not None:
+        stats.num_rows = len(rows)
+    return rows
+
+
+def document_separator_id(tok) -> int:
+    """The token put after every pre-training document: <|endoftext|> where the tokenizer has it
+    (Qwen's base-model end of text, and minift.tokenizer.train_bpe's), else tok.eos_token_id."""
+    tid = tok.token_to_id("<|endoftext|>") if hasattr(tok, "token_to_id") else None
+    if tid is None:
+        tid = tok.eos_token_id
+    if tid is None:
+        raise ValueError("the tokenizer has neither <|endoftext|> nor an eos token to separate documents")
+    return tid
+
+
+def text_rows(docs: Sequence[str], tok, seq_len: int, sep_id: int | None = None,
+              pad_id: int = 0) -> tuple[list[Example], DatasetStats]:
+    """Pre-training rows from one continuous stream: doc0 <sep> doc1 <sep> ... cut into windows of
+    seq_len (input) and the same window moved one token on (targets), as nanoGPT does. Every token
+    is graded, the separators included (the model learns where a document ends).
+
+    Note: a window spans document boundaries and attention crosses them: a document may attend to
+    the end of the previous one. That is what GPT-2 and nanoGPT pre-training do: the separator tells
+    the model that what came before is unrelated, and no padding is wasted. (SFT rows are packed
+    with segment_ids instead, so examples there never see each other.) The last, partial window is
+    kept and padded (targets -100), so no token is dropped."""
+    sep = document_separator_id(tok) if sep_id is None else sep_id
+    stream: list[int] = []
+    for doc in docs:
+        stream += tok.encode(doc)
+        stream.append(sep)
+    stats, rows = DatasetStats(num_examples=len(docs)), []
+    n_inputs = len(stream) - 1  # the last token is only ever a target
+    for start in range(0, n_inputs, seq_len):
+        x = stream[start:min(start + seq_len, n_inputs)]
+        y = stream[start + 1:start + 1 + len(x)]
+        pad = seq_len - len(x)
+        stats.num_padding += pad
+        rows.append(Example(x + [pad_id] * pad, y + [IGNORE_INDEX] * pad, num_padding=pad))
+    stats.num_tokens = stats.num_loss_tokens = n_inputs
+    stats.num_rows = len(rows)
+    return rows, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation split and batches
+# ---------------------------------------------------------------------------------------------
+
+def train_val_split(items: Sequence, val_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """A seeded split: the same items, fraction and seed always give the same two lists, each in the
+    items' original order. val_fraction > 0 keeps at least one validation item."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(items)
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if val_fraction > 0 and n_val >= n:
+        raise ValueError(f"val_fraction={val_fraction} of {n} items leaves nothing to train on")
+    order = list(range(n))
+    random.Random(f"val-split:{seed}").shuffle(order)
+    val_idx = set(order[:n_val])
+    train = [items[i] for i in range(n) if i not in val_idx]
+    val = [items[i] for i in range(n) if i in val_idx]
+    return train, val
+
+
+class Batches:
+    """A DataLoader-like iterator over rows, resumable at the exact batch.
+
+    `for batch in batches:` runs the rest of the current epoch; each epoch visits the rows in an
+    order drawn from (seed, epoch) alone. state_dict() = {"epoch", "position"} (plain ints: the
+    position is the index of the next batch in the epoch), so a run killed after step k and
+    resumed with load_state_dict() gets batch k + 1 exactly as the uninterrupted run would.
+
+    Each batch: {"input_ids": (B, T) long, "targets": (B, T) long} on `device`, plus
+    "position_ids" and "segment_ids" (B, T) when the rows are packed. Rows of unequal length
+    (unpacked SFT) are right-padded to the longest in the batch with pad_id, targets -100."""
+
+    def __init__(self, rows: Sequence[Example], batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 device: str | torch.device = "cpu", pad_id: int = 0, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows, self.batch_size, self.shuffle, self.seed = list(rows), batch_size, shuffle, seed
+        self.device, self.pad_id, self.drop_last = torch.device(device), pad_id, drop_last
+        self.packed = bool(self.rows) and self.rows[0].segment_ids is not None
+        self.epoch, self.position = 0, 0  # an empty Batches (e.g. no validation split) yields nothing
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_tokens(self) -> int:
+        """Non-padding input tokens in one epoch."""
+        return sum(len(r) - r.num_padding for r in self.rows)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        """Graded targets in one epoch."""
+        return sum(r.num_loss_tokens for r in self.rows)
+
+    def order(self, epoch: int) -> list[int]:
+        idx = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(f"batches:{self.seed}:{epoch}").shuffle(idx)
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, position = state["epoch"], state["position"]
+        if not (isinstance(epoch, int) and isinstance(position, int)) or epoch < 0 or not 0 <= position <= len(self):
+            raise ValueError(f"bad Batches state {state}: need ints, epoch >= 0 and 0 <= position <= {len(self)}")
+        self.epoch, self.position = epoch, position
+
+    def __iter__(self) -> Iterator[dict]:
+        order = self.order(self.epoch)
+        while self.position < len(self):
+            chosen = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+            self.position += 1  # advanced before the caller sees the batch: a saved state points past it
+            yield self.collate([self.rows[i] for i in chosen])
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def forever(self) -> Iterator[dict]:
+        """Batches across epochs without end (for step-counted training loops)."""
+        if len(self) == 0:
+            raise ValueError(f"{len(self.rows)} rows make no batch of {self.batch_size} (drop_last={self.drop_last})")
+        while True:
+            yield from self
+
+    def collate(self, rows: Sequence[Example]) -> dict:
+        T = max(len(r) for r in rows)
+        pad = lambda seq, value: list(seq) + [value] * (T - len(seq))  # noqa: E731
+        batch = {"input_ids": torch.tensor([pad(r.input_ids, self.pad_id) for r in rows], dtype=torch.long),
+                 "targets": torch.tensor([pad(r.targets, IGNORE_INDEX) for r in rows], dtype=torch.long)}
+        if self.packed:
+            batch["position_ids"] = torch.tensor([pad(r.position_ids, 0) for r in rows], dtype=torch.long)
+            batch["segment_ids"] = torch.tensor([pad(r.segment_ids, -1) for r in rows], dtype=torch.long)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# One call per path
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    train: list[Example]
+    val: list[Example]
+    stats: DatasetStats        # of the training rows
+    val_stats: DatasetStats
+    pad_id: int
+    val_conversations: list = field(default_factory=list)   # SFT: the held-out conversations, as messages
+
+
+def _pad_id(tok) -> int:
+    pid = getattr(tok, "pad_token_id", None)
+    return pid if pid is not None else 0  # the value is never graded (targets are -100 there)
+
+
+def load_sft(path: str, tok, seq_len: int, *, pack_rows: bool = True, val_fraction: float = 0.0, seed: int = 0,
+             on_long: str = "truncate", skip_bad_lines: bool = False, end_of_turn: str = "<|im_end|>",
+             max_examples: int | None = None) -> Dataset:
+    """Pairs or chats (JSONL) -> masked examples -> (packed) rows, split into train and validation
+    by conversation before tokenizing, so no conversation is in both. max_examples: use only the
+    file's first that many conversations (e.g. the seed chapter's "100 pairs" exercise)."""
+    data = read_jsonl(path, skip_bad_lines=skip_bad_lines)
+    conversations = data.conversations
+    if max_examples is not None:
+        if max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+        conversations = conversations[:max_examples]
+    train_c, val_c = train_val_split(conversations, val_fraction, seed)
+    pad_id, out = _pad_id(tok), []
+    for convs in (train_c, val_c):
+        examples, stats = build_examples(convs, tok, seq_len, on_long, end_of_turn, source=path)
+        stats.num_skipped_lines = len(data.skipped)
+        if pack_rows:
+            rows = pack(examples, seq_len, pad_id, stats)
+        else:
+            rows, stats.num_rows = examples, len(examples)
+        out.append((rows, stats))
+    return Dataset(out[0][0], out[1][0], out[0][1], out[1][1], pad_id, val_conversations=list(val_c))
+
+
+def load_pretrain(path: str, tok, seq_len: int, *, val_fraction: float = 0.0, seed: int = 0) -> Dataset:
+    """Raw text -> documents (split into train and validation by document) -> stream rows."""
+    train_d, val_d = train_val_split(read_text(path), val_fraction, seed)
+    pad_id = _pad_id(tok)
+    train, stats = text_rows(train_d, tok, seq_len, pad_id=pad_id)
+    val, val_stats = text_rows(val_d, tok, seq_len, pad_id=pad_id) if val_d else ([], DatasetStats())
+    return Dataset(train, val, stats, val_stats, pad_id)
+
+
+@dataclass
+class DataSummary:
+    path: str
+    kind: str                       # "pairs" (instruction or chat JSONL) or "text"
+    num_examples: int               # pairs / conversations, or documents
+    num_tokens: int | None = None   # with a tokenizer: all tokens (chat template included for pairs)
+    num_loss_tokens: int | None = None  # pairs: answer tokens; text: same as num_tokens
+    num_skipped_lines: int = 0
+
+
+def _kind(path: str) -> str:
+    if not path.endswith(".jsonl"):
+        return "text"
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    return "pairs"  # read_jsonl reports the error with its line number
+                return "text" if isinstance(obj, dict) and "text" in obj and "messages" not in obj else "pairs"
+    raise DataError(f"{path}: empty file (no JSON lines)")
+
+
+def dataset_stats(path: str, tokenizer=None, skip_bad_lines: bool = False) -> DataSummary:
+    """How much data a file holds: pairs or documents, and tokens if a tokenizer is given. This is
+    the first question of the decision tree (100-10K pairs: LoRA; 10K-1M: full SFT or LoRA; 1B+ raw
+    tokens: continued pre-training); see minift.decide."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if _kind(path) == "text":
+        docs = read_text(path)
+        n_tok = sum(len(tokenizer.encode(d)) + 1 for d in docs) if tokenizer is not None else None
+        return DataSummary(path, "text", len(docs), n_tok, n_tok)
+    data = read_jsonl(path, skip_bad_lines=skip_bad_lines)
+    summary = DataSummary(path, "pairs", len(data), num_skipped_lines=len(data.skipped))
+    if tokenizer is not None:
+        summary.num_tokens = summary.num_loss_tokens = 0
+        for messages in data:
+            ids, labels = encode_chat(messages, tokenizer)
+            summary.num_tokens += len(ids)
+            summary.num_loss_tokens += sum(t != IGNORE_INDEX for t in labels)
+    return summary

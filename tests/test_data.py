@@ -1,0 +1,302 @@
+"""minift.data: loss masks cover exactly the answers, packing keeps examples apart inside the real
+model, truncation is counted, bad files fail with file:line, batches resume at the same batch."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from minift import data as D
+from minift import fairytales as F
+from minift.config import ModelConfig
+from minift.model import Transformer
+from minift.tokenizer import train_bpe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    # A small byte-level BPE with ChatML special tokens, trained on the generator's own stories.
+    pairs = F.generate_pairs(150, seed=11)
+    texts = [p.output for p in pairs] + [p.instruction for p in pairs] + ["system user assistant"]
+    return train_bpe(texts, vocab_size=600)
+
+
+CHAT = [{"role": "system", "content": "당신은 동화 작가예요."},
+        {"role": "user", "content": "토끼가 나오는 짧은 동화를 써 주세요."},
+        {"role": "assistant", "content": "옛날 옛적에, 깊은 숲속에 토끼가 살았어요."},
+        {"role": "user", "content": "제목도 붙여 줘."},
+        {"role": "assistant", "content": "제목: 토끼와 숲\n토끼는 행복했답니다."}]
+
+
+def _spans(ids, labels):
+    """Contiguous runs of graded tokens -> list of id lists."""
+    spans, cur = [], []
+    for i, lab in zip(ids, labels):
+        if lab != D.IGNORE_INDEX:
+            assert lab == i
+            cur.append(i)
+        elif cur:
+            spans.append(cur)
+            cur = []
+    if cur:
+        spans.append(cur)
+    return spans
+
+
+# ------------------------------------------------------------------ loss mask
+def test_loss_mask_is_exactly_each_answer_and_its_im_end(tok):
+    ids, labels = D.encode_chat(CHAT, tok)
+    assert tok.decode(ids) == tok.apply_chat_template(CHAT)
+    answers = [m["content"] + "<|im_end|>" for m in CHAT if m["role"] == "assistant"]
+    assert [tok.decode(s) for s in _spans(ids, labels)] == answers
+
+
+def test_alpaca_record_becomes_user_and_assistant(tok, tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps({"instruction": "동화를 써 주세요.", "input": "등장인물: 곰", "output": "곰이 살았어요."},
+                            ensure_ascii=False) + "\n"
+                 + json.dumps({"instruction": "짧게.", "output": "끝."}, ensure_ascii=False) + "\n", encoding="utf-8")
+    data = D.read_jsonl(str(p))
+    assert data[0] == [{"role": "user", "content": "동화를 써 주세요.\n\n등장인물: 곰"},
+                       {"role": "assistant", "content": "곰이 살았어요."}]
+    assert data[1][0]["content"] == "짧게." and data.lines == [1, 2]
+    ids, labels = D.encode_chat(data[0], tok)
+    assert [tok.decode(s) for s in _spans(ids, labels)] == ["곰이 살았어요.<|im_end|>"]
+
+
+def test_targets_are_shifted_labels(tok):
+    ids, labels = D.encode_chat(CHAT, tok)
+    ex = D.to_example(ids, labels)
+    assert ex.input_ids == ids
+    assert ex.targets == labels[1:] + [D.IGNORE_INDEX]
+    # the last graded target of each answer is its <|im_end|>, predicted by the token before it
+    im_end = tok.token_to_id("<|im_end|>")
+    assert sum(1 for t in ex.targets if t == im_end) == 2
+
+
+def test_a_template_that_breaks_the_prefix_is_refused(tok):
+    class Odd:  # renders the generation prompt differently from how the full chat renders it
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def apply_chat_template(self, messages, add_generation_prompt=False):
+            text = tok.apply_chat_template(messages, add_generation_prompt)
+            return text + "X" if add_generation_prompt else text
+
+    with pytest.raises(ValueError, match="prefix"):
+        D.encode_chat(CHAT, Odd())
+
+
+# ------------------------------------------------------------------ packing with the real model
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_row_equals_examples_computed_alone(tok, impl):
+    convs = [p.chat()["messages"] for p in F.generate_pairs(6, seed=5)]
+    convs = [[{"role": "user", "content": c[0]["content"][:30]}, {"role": "assistant", "content": c[1]["content"][:60]}]
+             for c in convs]
+    examples, _ = D.build_examples(convs, tok, seq_len=400)
+    seq_len = sum(len(e) for e in examples[:3]) + 5
+    rows = D.pack(examples, seq_len, pad_id=tok.pad_token_id)
+    assert len(rows[0].segment_ids) == seq_len and max(rows[0].segment_ids) >= 2  # several examples per row
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # unit-scale weights: HF's std 0.02 leaves attention near uniform, hiding leaks
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, cfg.hidden_size ** -0.5)
+    model.set_attention(impl)
+    batch = D.Batches(rows, batch_size=len(rows), shuffle=False).collate(rows)
+    with torch.no_grad():
+        packed_loss = model(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
+                            segment_ids=batch["segment_ids"])
+        packed_logits = model(batch["input_ids"], position_ids=batch["position_ids"],
+                              segment_ids=batch["segment_ids"])
+        total, count, k = 0.0, 0, 0
+        for r, row in enumerate(rows):
+            for seg in range(max(row.segment_ids) + 1):
+                ex = examples[k]
+                k += 1
+                x = torch.tensor([ex.input_ids])
+                alone = model(x)                                                      # (1, L, V)
+                where = [t for t, s in enumerate(row.segment_ids) if s == seg]
+                # fp32: the same dot products, reduced in other block shapes -> ~1e-6 apart
+                torch.testing.assert_close(packed_logits[r, where], alone[0], atol=1e-5, rtol=1e-5)
+                n = ex.num_loss_tokens
+                total += model(x, torch.tensor([ex.targets])).item() * n
+                count += n
+        assert k == len(examples)
+        torch.testing.assert_close(packed_loss, torch.tensor(total / count), atol=1e-5, rtol=1e-5)
+        # the control: without segment_ids the examples read each other and the loss moves
+        leaky = model(batch["input_ids"], position_ids=batch["position_ids"])
+        assert (leaky - packed_logits).abs().max() > 1e-2            # 1000x the tolerance above
+
+
+# ------------------------------------------------------------------ truncation
+def test_truncation_is_counted_and_error_mode_names_the_example(tok):
+    convs = [[{"role": "user", "content": "짧게."}, {"role": "assistant", "content": "네."}],
+             [{"role": "user", "content": "길게 써 주세요."}, {"role": "assistant", "content": "옛날 옛적에 " * 40}]]
+    full = [len(D.encode_chat(c, tok)[0]) for c in convs]
+    seq_len = full[0] + 3
+    assert full[1] > seq_len
+    examples, stats = D.build_examples(convs, tok, seq_len)
+    assert len(examples) == 2 and all(len(e) <= seq_len for e in examples)
+    assert stats.num_truncated == 1 and stats.tokens_lost == full[1] - seq_len
+    # the kept window keeps its real next-token targets; only the dropped tokens are lost
+    ids, labels = D.encode_chat(convs[1], tok)
+    assert examples[1].input_ids == ids[:seq_len] and examples[1].targets == labels[1:seq_len + 1]
+    with pytest.raises(D.DataError, match=r"f\.jsonl: example 1 has \d+ tokens, more than seq_len"):
+        D.build_examples(convs, tok, seq_len, on_long="error", source="f.jsonl")
+
+
+# ------------------------------------------------------------------ bad data
+def _write(tmp_path, lines, name="d.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(p)
+
+
+GOOD = json.dumps({"instruction": "써 줘", "output": "옛날에."}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", r":2: not JSON"),
+    ("[1, 2]", r":2: expected a JSON object, got list"),
+    (json.dumps({"instruction": "써 줘"}), r":2: missing field 'output'"),
+    (json.dumps({"prompt": "a", "completion": "b"}), r":2: missing fields: expected 'instruction' and 'output'"),
+    (json.dumps({"instruction": "a", "output": 3}), r":2: 'output' must be a string, got int"),
+    (json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}),
+     r":2: messages\[1\]\.role is 'bot'; expected one of system, user, assistant"),
+    (json.dumps({"messages": [{"role": "user", "content": "a"}]}), r":2: no assistant turn"),
+    (json.dumps({"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]}),
+     r":2: messages\[0\]\.content must be a string"),
+    (json.dumps({"text": "raw"}), r":2: a raw-text record"),
+])
+def test_bad_line_names_file_line_and_problem(tmp_path, bad, message):
+    path = _write(tmp_path, [GOOD, bad, GOOD])
+    with pytest.raises(D.DataError, match=r"d\.jsonl" + message):
+        D.read_jsonl(path)
+
+
+def test_empty_file_and_all_bad_are_clear(tmp_path):
+    with pytest.raises(D.DataError, match="empty file"):
+        D.read_jsonl(_write(tmp_path, ["", "  "]))
+    with pytest.raises(D.DataError, match=r"no valid examples \(2 bad line"):
+        D.read_jsonl(_write(tmp_path, ["{x", "[]"]), skip_bad_lines=True)
+    with pytest.raises(D.DataError, match="empty file"):
+        D.read_text(_write(tmp_path, ["", ""], name="c.txt"))
+
+
+def test_skip_bad_lines_counts_and_reports(tmp_path, caplog):
+    path = _write(tmp_path, [GOOD, "{x", GOOD, json.dumps({"instruction": "a"}), "", GOOD])
+    with caplog.at_level(logging.WARNING, logger="minift.data"):
+        data = D.read_jsonl(path, skip_bad_lines=True)
+    assert len(data) == 3 and data.lines == [1, 3, 6]
+    assert [n for n, _ in data.skipped] == [2, 4]
+    assert "skipped 2 bad line(s) of 5" in caplog.text
+
+
+def test_read_text_splits_on_blank_lines_and_reads_jsonl(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("첫 이야기.\n둘째 줄.\n\n\n두 번째 이야기.\n  \n세 번째.\n", encoding="utf-8")
+    assert D.read_text(str(p)) == ["첫 이야기.\n둘째 줄.", "두 번째 이야기.", "세 번째."]
+    j = _write(tmp_path, [json.dumps({"text": "가"}), json.dumps({"text": "나"})], name="c.jsonl")
+    assert D.read_text(j) == ["가", "나"]
+    with pytest.raises(D.DataError, match=r"c\.jsonl:2: expected an object with a 'text' field"):
+        D.read_text(_write(tmp_path, [json.dumps({"text": "가"}), json.dumps({"t": 1})], name="c.jsonl"))
+
+
+# ------------------------------------------------------------------ pre-training stream
+def test_text_rows_are_one_stream_with_separators(tok):
+    docs = ["토끼가 살았어요.", "곰이 살았어요. 곰은 꿀을 좋아했어요.", "끝."]
+    sep = D.document_separator_id(tok)
+    assert sep == tok.token_to_id("<|endoftext|>")
+    stream = [t for d in docs for t in tok.encode(d) + [sep]]
+    rows, stats = D.text_rows(docs, tok, seq_len=7)
+    inputs = [t for r in rows for t in r.input_ids[:len(r) - r.num_padding]]
+    targets = [t for r in rows for t in r.targets if t != D.IGNORE_INDEX]
+    assert inputs == stream[:-1] and targets == stream[1:]   # nothing dropped, every token graded
+    assert all(len(r) == 7 for r in rows) and stats.num_loss_tokens == len(stream) - 1
+
+
+# ------------------------------------------------------------------ split, batches, resume
+def test_val_split_is_seeded_and_disjoint():
+    items = list(range(100))
+    tr, va = D.train_val_split(items, 0.1, seed=3)
+    assert (tr, va) == D.train_val_split(items, 0.1, seed=3)
+    assert len(va) == 10 and sorted(tr + va) == items and not set(tr) & set(va)
+    assert va != D.train_val_split(items, 0.1, seed=4)[1]
+    assert len(D.train_val_split(items[:5], 0.01, seed=0)[1]) == 1
+    with pytest.raises(ValueError):
+        D.train_val_split(items, 1.0)
+
+
+def _rows(n, T=5):
+    return [D.Example([i] * T, [i + 1] * T, list(range(T)), [0] * T) for i in range(n)]
+
+
+def test_batches_resume_at_the_same_batch_across_epochs():
+    rows = _rows(10)
+    ref = D.Batches(rows, 3, seed=7).forever()
+    expected = [next(ref)["input_ids"][:, 0].tolist() for _ in range(11)]   # 4 batches/epoch: spans 3 epochs
+    assert expected[0:4] != expected[4:8]                                    # each epoch reshuffles
+    assert sorted(sum(expected[0:4], [])) == list(range(10))                 # an epoch visits every row once
+
+    first = D.Batches(rows, 3, seed=7)
+    it = first.forever()
+    got = [next(it)["input_ids"][:, 0].tolist() for _ in range(6)]
+    state = json.loads(json.dumps(first.state_dict()))                      # plain ints survive JSON
+    assert state == {"epoch": 1, "position": 2}
+    resumed = D.Batches(rows, 3, seed=7)
+    resumed.load_state_dict(state)
+    it = resumed.forever()
+    got += [next(it)["input_ids"][:, 0].tolist() for _ in range(5)]
+    assert got == expected
+    with pytest.raises(ValueError):
+        resumed.load_state_dict({"epoch": 0, "position": 99})
+
+
+def test_batch_tensors_and_padding_for_unpacked_rows():
+    rows = [D.Example([5, 6, 7], [6, 7, D.IGNORE_INDEX]), D.Example([8], [D.IGNORE_INDEX])]
+    b = D.Batches(rows, 2, shuffle=False, pad_id=0)
+    batch = next(iter(b))
+    assert set(batch) == {"input_ids", "targets"}
+    assert batch["input_ids"].dtype == torch.long and batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["targets"].tolist() == [[6, 7, -100], [-100, -100, -100]]
+    assert b.num_tokens == 4 and b.num_loss_tokens == 2
+    empty = D.Batches([], 2)                      # e.g. no validation split: iterates to nothing
+    assert len(empty) == 0 and list(empty) == []
+    with pytest.raises(ValueError, match="no batch"):
+        next(empty.forever())
+    packed = next(iter(D.Batches(_rows(2), 2)))
+    assert set(packed) == {"input_ids", "targets", "position_ids", "segment_ids"}
+
+
+# ------------------------------------------------------------------ end to end on the shipped files
+def test_load_sft_and_pretrain_on_shipped_data(tok, tmp_path):
+    src = os.path.join(REPO, "data", "fairytales_pairs.jsonl")
+    subset = tmp_path / "pairs.jsonl"
+    subset.write_text("".join(open(src, encoding="utf-8").readlines()[:60]), encoding="utf-8")
+    ds = D.load_sft(str(subset), tok, seq_len=512, val_fraction=0.1, seed=0)
+    assert ds.stats.num_examples == 54 and ds.val_stats.num_examples == 6
+    assert all(len(r) == 512 for r in ds.train + ds.val)
+    b = D.Batches(ds.train, 2, pad_id=ds.pad_id)
+    assert b.num_loss_tokens == ds.stats.num_loss_tokens and b.num_tokens == ds.stats.num_tokens
+    assert D.load_sft(str(subset), tok, seq_len=512, max_examples=10).stats.num_examples == 10
+    summary = D.dataset_stats(str(subset), tok)
+    assert summary.kind == "pairs" and summary.num_examples == 60
+    assert summary.num_loss_tokens == ds.stats.num_loss_tokens + ds.val_stats.num_loss_tokens + \
+        ds.stats.loss_tokens_lost + ds.val_stats.loss_tokens_lost
+
+    corpus = os.path.join(REPO, "data", "fairytales_corpus.txt")
+    docs = D.read_text(corpus)
+    assert len(docs) == 1000 and docs[0].startswith(("옛날", "아주", "먼 옛날", "호랑이", "제목"))
+    assert D.dataset_stats(corpus).num_examples == 1000 and D.dataset_stats(src).num_examples == 1000
+    small = tmp_path / "c.txt"
+    small.write_text("\n\n".join(docs[:30]), encoding="utf-8")
+    pt = D.load_pretrain(str(small), tok, seq_len=256, val_fraction=0.1)
+    assert pt.stats.num_examples == 27 and pt.val_stats.num_examples == 3
