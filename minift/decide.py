@@ -1,0 +1,324 @@
+"""The seed chapter's decision tree ("From Scratch vs Fine-tuning", section 2), with the memory
+math behind question 3 done for real (minift.memory.estimate) instead of assumed.
+
+    1. Is the domain general enough that an off-the-shelf model already covers it?
+         yes -> no fine-tuning (choose a model with the Ch 22 tree)
+    2. How much domain data?
+         100B+ tokens -> from scratch      1B-10B tokens -> continued pre-training
+         10K-1M pairs -> full SFT or LoRA  100-10K pairs -> LoRA / QLoRA
+    3. Must it fit on a laptop?            yes -> LoRA / QLoRA;  no -> full SFT is possible
+    4. Must the licence stay separate?     yes -> LoRA (share only the adapter)
+
+Gaps between the chapter's bands are decided explicitly (Note: bands) and said so in `steps`.
+
+    d = decide(general_covered=False, data="5K-50K pairs", laptop=True, separate_license=True)
+    d.method, d.model      # "lora", "Qwen/Qwen2.5-0.5B-Instruct"
+    print("\n".join(d.steps))
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+from minift import memory
+from minift.config import ModelConfig
+
+# Candidate base models, smallest first. The chapter: "Start with 0.5B -> scale up to 1.5B".
+CANDIDATES = ("smollm2-360m", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b")
+DEFAULT_START = "qwen2.5-0.5b"     # the chapter's capstone base
+HEADROOM = 0.85                    # use at most 85% of device memory: CUDA context, fragmentation, the OS
+
+_SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_BYTE_SUFFIX = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+                "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+
+
+# ====================================================================== units
+def parse_amount(text: str) -> tuple[float, float, str]:
+    """"10K pairs" -> (1e4, 1e4, "pairs"); "1.5B tokens"; "5K-50K pairs" -> (5e3, 5e4, "pairs").
+    Units: pairs (also examples, conversations) or tokens. Clear errors for anything else."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"data amount {text!r}: give e.g. '10K pairs' or '1.5B tokens'")
+    m = re.fullmatch(r"\s*([0-9.,]+)\s*([KMBGT]?)\s*(?:(?:-|to|–)\s*([0-9.,]+)\s*([KMBGT]?))?\s*([A-Za-z]+)\s*",
+                     text.strip(), flags=re.IGNORECASE)
+    if not m:
+        if text.strip().startswith("-"):
+            raise ValueError(f"data amount {text!r}: must not be negative")
+        raise ValueError(f"data amount {text!r}: not understood; give a number with K/M/B/T and a unit, "
+                         f"e.g. '10K pairs', '1.5B tokens', '5K-50K pairs'")
+    n1, s1, n2, s2, unit = m.groups()
+    unit = unit.lower()
+    units = {"pairs": "pairs", "pair": "pairs", "examples": "pairs", "example": "pairs",
+             "conversations": "pairs", "tokens": "tokens", "token": "tokens"}
+    if unit not in units:
+        raise ValueError(f"data amount {text!r}: unknown unit {unit!r} (use pairs or tokens, with K, M, B or T "
+                         f"as the multiplier)")
+
+    def num(n, s):
+        try:
+            v = float(n.replace(",", ""))
+        except ValueError:
+            raise ValueError(f"data amount {text!r}: {n!r} is not a number") from None
+        return v * _SUFFIX[s.upper()]
+    lo = num(n1, s1)
+    hi = num(n2, s2 or s1) if n2 else lo
+    if n2 and not s2 and s1:
+        hi = num(n2, s1)
+    if hi < lo:
+        raise ValueError(f"data amount {text!r}: the range runs backwards")
+    return lo, hi, units[unit]
+
+
+def parse_bytes(text) -> int:
+    """"24GB" -> 24e9, "16 GiB" -> 16*2^30; a plain number is bytes."""
+    if isinstance(text, (int, float)):
+        if text <= 0:
+            raise ValueError(f"memory {text!r} must be positive")
+        return int(text)
+    m = re.fullmatch(r"\s*(-?[0-9.]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m:
+        raise ValueError(f"memory {text!r}: not understood; give e.g. '24GB' or '16GiB'")
+    v, unit = float(m.group(1)), (m.group(2) or "B").upper()
+    if unit == "G":
+        unit = "GB"
+    if unit not in _BYTE_SUFFIX:
+        raise ValueError(f"memory {text!r}: unknown unit {m.group(2)!r} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    if v <= 0:
+        raise ValueError(f"memory {text!r} must be positive")
+    return int(v * _BYTE_SUFFIX[unit])
+
+
+def _fmt(x: float) -> str:
+    for s, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= v:
+            return f"{x / v:.3g}{s}"
+    return f"{x:g}"
+
+
+# ====================================================================== measuring inputs
+def measure_dataset(path: str, tokenizer=None) -> tuple[float, str, str]:
+    """(amount, "pairs" | "tokens", how it was counted) for a dataset file.
+    Uses minift.data.dataset_stats when it is there; otherwise JSONL lines are pairs and raw
+    text is estimated at 4 bytes per token (labelled as an estimate)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset {path!r}: no such file")
+    try:
+        from minift.data import dataset_stats
+    except ImportError:
+        dataset_stats = None
+    if dataset_stats is not None:
+        st = dataset_stats(path, tokenizer=tokenizer)
+        if st.kind == "pairs":
+            return float(st.num_examples), "pairs", f"{st.num_examples} pairs (minift.data.dataset_stats)"
+        if st.num_tokens is not None:
+            return float(st.num_tokens), "tokens", f"{st.num_tokens} tokens (tokenized)"
+        size = os.path.getsize(path)
+        return size / 4, "tokens", f"~{_fmt(size / 4)} tokens (estimate: {size} bytes / 4; pass a tokenizer to count)"
+    try:
+        if path.endswith(".jsonl"):
+            with open(path, encoding="utf-8") as f:
+                lines = [ln for ln in f if ln.strip()]
+            for i, ln in enumerate(lines[:1000]):
+                try:
+                    json.loads(ln)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
+            return float(len(lines)), "pairs", f"{len(lines)} JSONL lines counted as pairs"
+        size = os.path.getsize(path)
+        with open(path, encoding="utf-8") as f:
+            f.read(4096)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"dataset {path!r}: not UTF-8 text ({e.reason}); give JSONL pairs or raw text") from None
+    return size / 4, "tokens", f"~{_fmt(size / 4)} tokens (estimate: {size} bytes / 4 bytes per token)"
+
+
+def device_memory() -> tuple[int, str]:
+    """(bytes, where) of the memory training would use here: CUDA total memory, MPS's
+    recommended maximum working set, or the machine's RAM."""
+    import torch
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return int(props.total_memory), f"CUDA {props.name}"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return int(torch.mps.recommended_max_memory()), "MPS recommended max working set"
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return int(pages * size), "CPU RAM"
+    except (ValueError, OSError, AttributeError):
+        raise RuntimeError("cannot detect this machine's memory; pass memory='24GB'") from None
+
+
+# ====================================================================== the tree
+@dataclass
+class Decision:
+    path: str                      # "none" | "scratch" | "cpt" | "full" | "lora"
+    method: str | None             # what to run: "full" | "lora" | "qlora" | "cpt" | "scratch" | None
+    model: str | None              # base model (HF id)
+    steps: list = field(default_factory=list)      # the reasoning, one line per step
+    warnings: list = field(default_factory=list)   # the chapter's failure points that apply
+    fits: list = field(default_factory=list)       # (preset, method, grad_ckpt, GB) that fit the memory
+
+
+def decide(*, general_covered: bool, data: str | None = None, dataset: str | None = None, laptop: bool,
+           separate_license: bool, memory_bytes=None, tokenizer=None, lora_r: int = 16, batch: int = 4,
+           seq: int = 1024, base_model: str | None = None) -> Decision:
+    """Walk the chapter's four questions. `data` is an amount ("10K pairs", "1.5B tokens",
+    "5K-50K pairs") or `dataset` a file to measure; memory_bytes (int or "24GB") defaults to
+    this machine's (device_memory()). batch x seq is the training shape for the memory math."""
+    d = Decision(path="", method=None, model=None)
+    for label, v in (("lora_r", lora_r), ("batch", batch), ("seq", seq)):
+        if not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{label} must be a positive integer, got {v!r}")
+    if lora_r >= 64:
+        d.warnings.append(f"r={lora_r}: 'r=64+ inflates memory and causes overfitting. r=8-16 is the standard.' "
+                          f"(failure point 5)")
+
+    # ---- 1
+    if general_covered:
+        d.path = "none"
+        d.steps.append("1. An off-the-shelf model already covers the domain -> no fine-tuning (not LoRA "
+                       "either): pick a model with the Ch 22 decision tree.")
+        return d
+    d.steps.append("1. The domain is not covered by an off-the-shelf model -> continue.")
+
+    # ---- 2
+    if (data is None) == (dataset is None):
+        raise ValueError("give the amount of domain data either as data='10K pairs' / '1.5B tokens' or as "
+                         "dataset=<file>, not both and not neither")
+    if dataset is not None:
+        amount, unit, how = measure_dataset(dataset, tokenizer)
+        lo = hi = amount
+        d.steps.append(f"2. Measured {dataset}: {how}.")
+    else:
+        lo, hi, unit = parse_amount(data)
+        d.steps.append(f"2. Domain data: {data.strip()} ({_fmt(lo)}{'' if hi == lo else '-' + _fmt(hi)} {unit}).")
+    mid = math.sqrt(lo * hi) if lo > 0 else hi          # a range is judged by its geometric middle
+
+    # Note: bands. The chapter's bands leave gaps (10B-100B tokens; under 1B tokens; <100 or >1M
+    # pairs) and a range can straddle two bands. Here: a range is judged by its geometric middle
+    # (5K-50K pairs -> 15.8K); a gap goes to the nearest band on a log scale, said in the steps.
+    if unit == "tokens":
+        if mid >= 100e9:
+            band = "scratch"
+            d.steps.append("   100B+ tokens -> from scratch (a large GPU cluster, days to weeks).")
+        elif mid >= 1e9:
+            band = "cpt"
+            note = "" if mid <= 10e9 else (" (between the chapter's 1B-10B and 100B+ bands: below 100B, training "
+                                          "from scratch is not justified, so continued pre-training)")
+            d.steps.append(f"   1B-10B tokens -> continued pre-training{note}.")
+        else:
+            band = "lora"
+            d.steps.append("   Under 1B tokens of raw text: below the continued pre-training band, where 'the effect "
+                           "is negligible' -> turn the text into instruction pairs and use LoRA (nearest band).")
+            d.warnings.append(f"Only ~{_fmt(mid)} tokens: continued pre-training needs ~1B+ domain tokens "
+                              f"(failure point 3).")
+    else:
+        if mid >= 10e3:
+            band = "full-or-lora"
+            note = "" if mid <= 1e6 else " (above the chapter's 1M band: nearest band)"
+            d.steps.append(f"   10K-1M pairs -> full SFT or LoRA{note}; questions 3 and 4 decide.")
+        else:
+            band = "lora"
+            note = "" if mid >= 100 else (" (below the chapter's 100-pair band: nearest band; so few examples "
+                                          "mostly teach format)")
+            d.steps.append(f"   100-10K pairs -> LoRA / QLoRA{note}.")
+            if mid < 100:
+                d.warnings.append(f"Only ~{_fmt(mid)} pairs: the chapter's smallest band starts at 100.")
+        if lo < 10e3 <= hi:
+            d.steps.append(f"   (the range {_fmt(lo)}-{_fmt(hi)} straddles 10K; its middle {_fmt(mid)} decides)")
+
+    # ---- 3 and 4
+    if band == "full-or-lora":
+        if laptop:
+            method = "lora"
+            d.steps.append("3. It must fit on a laptop -> LoRA / QLoRA.")
+        else:
+            method = "full"
+            d.steps.append("3. No laptop constraint -> full SFT is possible (single A100+ class GPU).")
+        if separate_license:
+            method = "lora"
+            d.steps.append("4. The licence must stay separate -> LoRA: only the adapter is shared.")
+        else:
+            d.steps.append("4. No licence separation needed -> " + ("full SFT is fine too." if method == "full"
+                                                                       else "LoRA stays (from step 3)."))
+    elif band == "lora":
+        method = "lora"
+        d.steps.append("3. " + ("It must fit on a laptop -> LoRA / QLoRA." if laptop else
+                                "No laptop constraint, but with this little data LoRA is the path "
+                                "(full SFT would overfit)."))
+        d.steps.append("4. " + ("The licence must stay separate -> LoRA: only the adapter is shared."
+                                if separate_license else "No licence separation needed; LoRA stays."))
+    else:
+        method = band
+        d.steps.append(f"3./4. The laptop and licence questions do not change a {band} run "
+                       f"({'it cannot run on a laptop' if laptop else 'a GPU cluster or server'}).")
+        if band == "scratch":
+            d.warnings.append("From scratch: 'training a 1B+ model takes days' (failure point 2); be sure no "
+                              "base model is close enough for continued pre-training.")
+        if laptop:
+            d.warnings.append(f"A laptop cannot run {band}; the answer to question 3 conflicts with the data amount.")
+    d.path = method
+
+    # ---- memory math: which model and method fit
+    if memory_bytes is None:
+        mem, where = device_memory()
+    else:
+        mem, where = parse_bytes(memory_bytes), "given"
+    budget = HEADROOM * mem
+    d.steps.append(f"Memory math: {mem / 1e9:.1f} GB ({where}); budget {HEADROOM:.0%} of it = {budget / 1e9:.1f} GB "
+                   f"(CUDA context, fragmentation, the OS); training shape batch {batch} x seq {seq}.")
+    tries = {"lora": ("lora", "qlora"), "full": ("full",), "cpt": ("full",), "scratch": ("full",)}[method]
+    for name in CANDIDATES:
+        cfg = ModelConfig.preset(name)
+        for m in tries:
+            for ckpt in (False, True):
+                est = memory.estimate(cfg, m, batch, seq, grad_ckpt=ckpt, lora_r=lora_r)
+                if est.total <= budget:
+                    d.fits.append((name, m, ckpt, round(est.total / 1e9, 2)))
+                    break
+    fits_by = {(n, m): (c, gb) for n, m, c, gb in d.fits}
+    start = base_model or DEFAULT_START
+    if start not in CANDIDATES:
+        raise ValueError(f"base_model {start!r}: choose one of {', '.join(CANDIDATES)}")
+    order = [start] + [c for c in CANDIDATES if c != start and CANDIDATES.index(c) > CANDIDATES.index(start)] \
+        + [c for c in reversed(CANDIDATES) if CANDIDATES.index(c) < CANDIDATES.index(start)]
+    chosen = None
+    for name in order:
+        for m in tries:
+            if (name, m) in fits_by:
+                chosen = (name, m) + fits_by[(name, m)]
+                break
+        if chosen:
+            break
+    for name in CANDIDATES:
+        row = [f"{m}{' +ckpt' if fits_by[(name, m)][0] else ''} {fits_by[(name, m)][1]} GB"
+               for m in tries if (name, m) in fits_by]
+        d.steps.append(f"   {name:<14} " + (", ".join(row) if row else "does not fit"))
+    if chosen is None:
+        d.steps.append("   Nothing fits: use a smaller batch x seq, a bigger machine, or a smaller model.")
+        d.warnings.append("No candidate fits the memory budget at this batch x seq.")
+        d.method = tries[-1]
+        return d
+    name, m, ckpt, gb = chosen
+    cfg = ModelConfig.preset(name)
+    model = cfg.name_or_path
+    if method in ("cpt", "scratch"):
+        model = model.replace("-Instruct", "")  # CPT belongs on a base model (failure point 4)
+        if method == "scratch":
+            model = f"random init, {name} architecture"
+    d.method, d.model = (m if method in ("lora", "full") else method), model
+    d.steps.append(f"Answer: {d.method.upper() if d.method != 'lora' else 'LoRA'}"
+                   f"{' (QLoRA: LoRA alone does not fit)' if m == 'qlora' else ''} on {model}"
+                   f"{' with gradient checkpointing' if ckpt else ''}: {gb} GB predicted peak. "
+                   f"Start there and scale up only if the results are not good enough.")
+    if method == "full" and unit == "pairs" and mid < 10e3:
+        d.warnings.append("Full SFT on under 10K pairs overfits; LoRA does as well and is more stable (failure point 1).")
+    if method == "cpt" and base_model and "instruct" in ModelConfig.preset(base_model).name_or_path.lower():
+        d.warnings.append("Continued pre-training belongs on a base model, not an instruct model: CPT breaks the "
+                          "chat format (failure point 4); using the base checkpoint.")
+    d.warnings.append("Memory math is for this machine: results measured on an A100/H200 do not transfer to a "
+                      "laptop (failure point 6); re-run this on the machine that will train.")
+    return d

@@ -1,0 +1,61 @@
+"""The seed chapter's decision tree, answered from flags or from a dataset file, with the memory
+math done for this machine (or the memory you name).
+
+    python scripts/decide.py --general no --data "5K-50K pairs" --laptop yes --license-separate yes
+    python scripts/decide.py --general no --dataset data/fairytales.jsonl --laptop yes --license-separate no
+    python scripts/decide.py --general no --data "2B tokens" --laptop no --license-separate no --memory 80GB
+"""
+import argparse
+import sys
+
+from minift.decide import CANDIDATES, decide
+
+
+def yes_no(text):
+    t = text.strip().lower()
+    if t in ("yes", "y", "true", "1"):
+        return True
+    if t in ("no", "n", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: answer yes or no")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--general", type=yes_no, required=True,
+                    help="1. does an off-the-shelf model already cover the domain? yes/no")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--data", help="2. how much domain data: '10K pairs', '1.5B tokens', '5K-50K pairs'")
+    src.add_argument("--dataset", help="2. or a dataset file to measure (JSONL pairs or raw text)")
+    ap.add_argument("--tokenizer", help="tokenizer (path or id) to count a dataset's tokens exactly")
+    ap.add_argument("--laptop", type=yes_no, default=False, help="3. must it fit on a laptop? yes/no")
+    ap.add_argument("--license-separate", type=yes_no, default=False,
+                    help="4. must the licence stay separate (share only the adapter)? yes/no")
+    ap.add_argument("--memory", help="memory to plan for, e.g. 24GB (default: this machine's)")
+    ap.add_argument("--base-model", choices=CANDIDATES, help="start the search here (default qwen2.5-0.5b)")
+    ap.add_argument("--r", type=int, default=16, help="LoRA rank")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=1024)
+    a = ap.parse_args()
+    if not a.general and not (a.data or a.dataset):
+        ap.error("question 2 needs --data or --dataset")
+    tok = None
+    if a.tokenizer:
+        from minift.tokenizer import load_tokenizer
+        tok = load_tokenizer(a.tokenizer)
+    try:
+        d = decide(general_covered=a.general, data=a.data, dataset=a.dataset, laptop=a.laptop,
+                   separate_license=a.license_separate, memory_bytes=a.memory, tokenizer=tok, lora_r=a.r,
+                   batch=a.batch, seq=a.seq, base_model=a.base_model)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(d.steps))
+    for w in d.warnings:
+        print(f"warning: {w}")
+    print(f"\npath: {d.path}   method: {d.method}   model: {d.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The seed chapter's decision tree: its own capstone answer, each branch, the gaps, bad input."""
+import json
+
+import pytest
+
+from minift import decide as D
+
+
+def run(**kw):
+    args = dict(general_covered=False, laptop=False, separate_license=False, memory_bytes="141GB")
+    args.update(kw)
+    return D.decide(**args)
+
+
+def test_capstone_is_lora_on_qwen_05b_instruct():
+    # The chapter, section 4: not general; 5K-50K pairs; laptop yes; licence separate yes.
+    d = run(data="5K-50K pairs", laptop=True, separate_license=True, memory_bytes="24GB")
+    assert (d.path, d.method, d.model) == ("lora", "lora", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert any("laptop" in s for s in d.steps) and any("adapter" in s for s in d.steps)
+
+
+def test_general_domain_needs_no_fine_tuning():
+    d = run(general_covered=True)
+    assert d.path == "none" and d.method is None
+
+
+@pytest.mark.parametrize("data,laptop,lic,path", [
+    ("200B tokens", False, False, "scratch"),
+    ("2B tokens", False, False, "cpt"),
+    ("30B tokens", False, False, "cpt"),           # gap 10B-100B: CPT, scratch needs 100B+
+    ("50K pairs", False, False, "full"),
+    ("50K pairs", True, False, "lora"),
+    ("50K pairs", False, True, "lora"),
+    ("2K pairs", False, False, "lora"),
+    ("50 pairs", False, False, "lora"),            # below the smallest band: nearest band, warned
+    ("5M pairs", False, False, "full"),            # above 1M: nearest band
+    ("50M tokens", False, False, "lora"),          # under 1B raw tokens: CPT would do nothing
+])
+def test_each_branch(data, laptop, lic, path):
+    d = run(data=data, laptop=laptop, separate_license=lic)
+    assert d.path == path, d.steps
+
+
+def test_cpt_uses_the_base_model_and_warns_on_thin_data():
+    d = run(data="2B tokens")
+    assert d.model == "Qwen/Qwen2.5-0.5B" and "Instruct" not in d.model
+    d = run(data="50M tokens")
+    assert any("failure point 3" in w for w in d.warnings)
+    d = run(data="50 pairs")
+    assert any("100" in w for w in d.warnings)
+
+
+def test_rank_warning_and_qlora_when_lora_does_not_fit():
+    d = run(data="2K pairs", lora_r=64)
+    assert any("r=64" in w for w in d.warnings)
+    # 7B LoRA needs ~18 GB even with checkpointing; at 12 GB only QLoRA fits for 7B
+    d = run(data="2K pairs", memory_bytes="12GB", base_model="qwen2.5-7b")
+    assert d.method == "qlora" and d.model == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_nothing_fits():
+    d = run(data="2K pairs", memory_bytes="200MB")
+    assert d.model is None and any("fits" in w for w in d.warnings)
+
+
+def test_units():
+    assert D.parse_amount("10K pairs") == (1e4, 1e4, "pairs")
+    assert D.parse_amount("1.5B tokens") == (1.5e9, 1.5e9, "tokens")
+    assert D.parse_amount("5K-50K pairs") == (5e3, 5e4, "pairs")
+    assert D.parse_bytes("24GB") == 24_000_000_000
+    assert D.parse_bytes("16GiB") == 16 * 2 ** 30
+
+
+@pytest.mark.parametrize("text,match", [("5 zettatokens", "unknown unit"), ("-3K pairs", "negative"),
+                                        ("lots of pairs", "not understood"), ("50K-5K pairs", "backwards")])
+def test_bad_amounts(text, match):
+    with pytest.raises(ValueError, match=match):
+        D.parse_amount(text)
+
+
+def test_bad_memory_and_missing_answers():
+    with pytest.raises(ValueError, match="unknown unit"):
+        D.parse_bytes("24 parsecs")
+    with pytest.raises(ValueError, match="positive"):
+        D.parse_bytes("-1GB")
+    with pytest.raises(ValueError, match="either"):
+        run()                                       # no data amount
+    with pytest.raises(ValueError, match="batch"):
+        run(data="2K pairs", batch=0)
+
+
+def test_dataset_file(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(150)) + "\n")
+    d = run(dataset=str(f))
+    assert d.path == "lora" and any("150" in s for s in d.steps)
+    t = tmp_path / "raw.txt"
+    t.write_text("once upon a time " * 1000)
+    d = run(dataset=str(t))
+    assert d.path == "lora" and any("estimate" in s or "tokens" in s for s in d.steps)
+    with pytest.raises(FileNotFoundError):
+        run(dataset=str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "output": "a"}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl"):
+        run(dataset=str(bad))
