@@ -8,3 +8,6 @@ from minift.config import ModelConfig
 from minift.model import KVCache, Transformer
 
 __all__ = ["ModelConfig", "Transformer", "KVCache"]
+from minift.checkpoint import load_pretrained, save_pretrained, resolve_model_dir
+from minift.tokenizer import Tokenizer, load_tokenizer
+from minift.generate import generate

@@ -22,7 +22,10 @@ import torch
 
 from minift.config import ModelConfig
 
-MODES = {"fast": dict(grad_ckpt=False, loss_chunk=1024), "lean": dict(grad_ckpt=True, loss_chunk=256)}
+MODES = {"fast": dict(grad_ckpt=False, loss_chunk=1024, compile=False),
+         "lean": dict(grad_ckpt=True, loss_chunk=256, compile=False),
+         "fast+compile": dict(grad_ckpt=False, loss_chunk=1024, compile=True),
+         "lean+compile": dict(grad_ckpt=True, loss_chunk=256, compile=True)}
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Row:
 
 def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, steps: int = 8,
                         device="cuda", dtype="bfloat16", grad_ckpt=False, loss_chunk=1024,
-                        lora_r: int = 16) -> dict:
+                        lora_r: int = 16, compile: bool = False) -> dict:
     """Build a random-weight model for `method`, run `steps` forward/backward/AdamW steps on random
     tokens, return peak memory (torch.cuda.max_memory_allocated) and the median steady step time."""
     from minift.device import resolve_dtype
@@ -48,6 +51,8 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
     model = build_model(cfg, method, device, dt, lora_r=lora_r)
     model.gradient_checkpointing = grad_ckpt
     model.loss_chunk_size = loss_chunk
+    if compile:
+        model.compile_layers()
     opt = AdamW(param_groups(model, 0.0), lr=1e-5)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -78,7 +83,7 @@ def run_minift_row(row: Row, timeout: float = 600) -> dict:
 
 def run_anchor_row(row: Row, anchor_script: str, timeout: float = 600) -> dict:
     cmd = [sys.executable, anchor_script, "--size", row.size, "--method", row.method,
-           "--batch", str(row.batch), "--seq", str(row.seq)] + (["--grad-ckpt"] if row.mode == "lean" else [])
+           "--batch", str(row.batch), "--seq", str(row.seq)] + (["--grad-ckpt"] if MODES[row.mode]["grad_ckpt"] else [])
     return _run(cmd, None, timeout)
 
 
@@ -129,7 +134,7 @@ def format_row(r: dict) -> str:
 
     def tps(side):
         return f"{side['tok_per_s']:,.0f}" if "tok_per_s" in side else "-"
-    anchor_mode = "grad ckpt" if r["mode"] == "lean" else "no ckpt"
+    anchor_mode = "grad ckpt" if r["mode"].startswith("lean") else "no ckpt"
     ratio = f"{r['speed_ratio']:.2f}" if "speed_ratio" in r else "-"
     mfu = f"{100 * r['minift_mfu']:.1f}%" if "minift_mfu" in r else "-"
     return (f"| {r['size']} | {r['method']} | {r['mode']} ({anchor_mode}) | {gb(r['minift'])} | {gb(r['anchor'])} | "
@@ -140,7 +145,7 @@ def _child_main() -> None:
     spec = json.loads(sys.stdin.read())
     cfg = ModelConfig.preset(f"qwen2.5-{spec['size']}")
     out = time_training_steps(cfg, spec["method"], spec["batch"], spec["seq"], grad_ckpt=spec["grad_ckpt"],
-                              loss_chunk=spec["loss_chunk"])
+                              loss_chunk=spec["loss_chunk"], compile=spec["compile"], steps=spec.get("steps", 8))
     print(json.dumps(dict(spec, side="minift", **out)), flush=True)
 
 

@@ -67,6 +67,19 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def process_peak_rss() -> int:
+    """Peak resident memory of this process so far, in bytes (Linux VmHWM; elsewhere the
+    ru_maxrss of getrusage, which macOS reports in bytes and Linux in KiB). The whole process:
+    interpreter, libraries and everything allocated since start, not one step alone."""
+    try:
+        return _rss_kb("VmHWM") * 1024
+    except (OSError, RuntimeError):
+        import resource
+        import sys
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
 def measure_peak(fn, device, *, how: str = "auto") -> Peak:
     """Run fn (optionally fn(sample)) once and return its peak memory (see the module docstring).
 

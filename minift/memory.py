@@ -383,12 +383,15 @@ def _optimizer_foreach_transient(cfg, method, numels, s, master, r, targets) -> 
     """minift.optim.AdamW._step_foreach: per param group, fp32 lists for all its tensors at once:
     ws (p.float(): 4 B/elem unless fp32 or master), gs (grad.float(): 4 B unless fp32) and
     denom (_foreach_sqrt(v): 4 B). The groups (param_groups: matrices, then vectors) run one
-    after the other. Note: for bf16 full fine-tuning that is 12 B per parameter at once."""
+    after the other, each cut by optim.foreach_slices into slices of at most FOREACH_SLICE
+    elements, so bf16 full fine-tuning holds 12 B per element of one slice, not of the model."""
+    from minift.optim import foreach_slices
     w_b = 0 if (s == 4 or master) else 4
     g_b = 0 if s == 4 else 4
-    mats = sum(k for k in numels[:_n_matrices(cfg, method, r, targets)])
-    vecs = sum(numels) - mats
-    return max(mats, vecs) * (w_b + g_b + 4)
+    n_mat = _n_matrices(cfg, method, r, targets)
+    largest = max((sum(stop - start for _, start, stop in piece)
+                   for group in (numels[:n_mat], numels[n_mat:]) for piece in foreach_slices(group)), default=0)
+    return largest * (w_b + g_b + 4)
 
 
 def _n_matrices(cfg, method, r, targets) -> int:

@@ -4,8 +4,9 @@
     python scripts/bench_train.py --rows lora --out bench_out
 
 Rows (batch 4 x 1024, LoRA r=16 on all seven projections, Qwen2.5 architectures, random weights):
-  fast: minift without checkpointing vs HF+peft without checkpointing
-  lean: minift with checkpointing and a 256-token loss chunk vs HF+peft with checkpointing
+  fast+compile: minift without checkpointing, decoder layers torch.compile'd (Transformer.compile_layers)
+                vs HF+peft without checkpointing (eager, as peft users run it)
+  lean: minift eager with checkpointing and a 256-token loss chunk vs HF+peft with checkpointing
 Writes results.json and table.md under --out and prints the table.
 """
 import argparse
@@ -21,12 +22,13 @@ from minift.bench import TABLE_HEADER, Row, compare
 ANCHOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchor_hf.py")
 ROWS = {
     # issue: LoRA/QLoRA by hand -> scripts/bench_lora.py runs these
-    "lora": [Row("0.5b", "lora", "fast"), Row("0.5b", "qlora", "fast"),
-             Row("7b", "lora", "fast"), Row("7b", "qlora", "fast")],
+    "lora": [Row("0.5b", "lora", "fast+compile"), Row("0.5b", "qlora", "fast+compile"),
+             Row("7b", "lora", "fast+compile"), Row("7b", "qlora", "fast+compile")],
     # issue: kernels and speed
-    "fast": [Row("0.5b", "lora", "fast"), Row("7b", "qlora", "fast")],
+    "fast": [Row("0.5b", "lora", "fast+compile"), Row("7b", "qlora", "fast+compile")],
+    "eager": [Row("0.5b", "lora", "fast"), Row("7b", "qlora", "fast")],
     "lean": [Row("0.5b", "lora", "lean"), Row("7b", "lora", "lean"), Row("7b", "qlora", "lean"),
-             Row("0.5b", "full", "lean")],
+             Row("0.5b", "full", "lean"), Row("0.5b", "lora", "lean+compile")],
 }
 ROWS["all"] = ROWS["lora"] + [r for r in ROWS["lean"]]
 
@@ -34,6 +36,7 @@ ROWS["all"] = ROWS["lora"] + [r for r in ROWS["lean"]]
 def main(default_rows="all"):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=default_rows, choices=sorted(ROWS))
+    ap.add_argument("--row", help="one row instead: SIZE:METHOD:MODE, e.g. 0.5b:lora:lean+compile")
     ap.add_argument("--out", default="bench_out")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -43,11 +46,13 @@ def main(default_rows="all"):
     stamp = (f"{datetime.date.today()} on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
              f"{platform.python_version()}")
     print(f"{stamp}\n{TABLE_HEADER}", flush=True)
-    results = compare(ROWS[a.rows], ANCHOR, log=lambda line: print(line, flush=True))
-    with open(os.path.join(a.out, f"bench_{a.rows}.json"), "w") as f:
+    rows = [Row(*a.row.split(":"))] if a.row else ROWS[a.rows]
+    name = a.row.replace(":", "_").replace("+", "-") if a.row else a.rows
+    results = compare(rows, ANCHOR, log=lambda line: print(line, flush=True))
+    with open(os.path.join(a.out, f"bench_{name}.json"), "w") as f:
         json.dump(dict(stamp=stamp, results=results), f, indent=2)
     from minift.bench import format_row
-    with open(os.path.join(a.out, f"bench_{a.rows}.md"), "w") as f:
+    with open(os.path.join(a.out, f"bench_{name}.md"), "w") as f:
         f.write(f"{stamp}\n\n{TABLE_HEADER}\n" + "\n".join(format_row(r) for r in results) + "\n")
 
 

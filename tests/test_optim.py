@@ -54,10 +54,16 @@ def test_lockstep_with_torch_adamw_fp32():
 
 
 @pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
-def test_foreach_path_equals_the_loop(dtype, master):
+@pytest.mark.parametrize("limit", [None, 7])
+def test_foreach_path_equals_the_loop(dtype, master, limit, monkeypatch):
     """The list-operation path (used on CUDA) is the same formula in the same order: it must give
     the loop's result to the bit, for fp32 parameters, bf16 ones and bf16 ones with master weights.
-    One parameter misses its gradient on some steps, so step counts (and bias corrections) differ."""
+    One parameter misses its gradient on some steps, so step counts (and bias corrections) differ.
+    limit=7 cuts the tensors into flat pieces across slice boundaries (optim.foreach_slices)."""
+    if limit is not None:
+        monkeypatch.setattr("minift.optim.FOREACH_SLICE", limit)
+        import minift.optim
+        monkeypatch.setattr(minift.optim.foreach_slices, "__defaults__", (limit,))
     loop_p, each_p = _params(dtype), _params(dtype)
     loop = AdamW([{"params": loop_p[:2], "weight_decay": 0.1}, {"params": loop_p[2:]}], lr=1e-2,
                  master_weights=master, foreach=False)
@@ -74,6 +80,21 @@ def test_foreach_path_equals_the_loop(dtype, master):
         assert torch.equal(p, q)
         assert torch.equal(loop.state[p]["exp_avg_sq"], each.state[q]["exp_avg_sq"])
         assert loop.state[p]["step"] == each.state[q]["step"]
+
+
+def test_foreach_slices_cover_every_element_once():
+    from minift.optim import foreach_slices
+    sizes = [5, 3, 10, 1]
+    slices = foreach_slices(sizes, limit=4)
+    assert all(sum(b - a for _, a, b in s) <= 4 for s in slices)
+    covered = {}
+    for s in slices:
+        for i, a, b in s:
+            covered.setdefault(i, []).append((a, b))
+    for i, n in enumerate(sizes):
+        ranges = sorted(covered[i])
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(r1[1] == r2[0] for r1, r2 in zip(ranges, ranges[1:]))
 
 
 def _reference_adamw(w, m, v, g, t, lr, wd, b1, b2, eps):

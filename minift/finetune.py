@@ -1,0 +1,183 @@
+"""The capstone recipe: fine-tune a chat model on instruction pairs with LoRA, QLoRA or full SFT.
+
+    load base + tokenizer -> memory estimate -> data (chat template, answer-only loss, packing)
+    -> eval loss + sample story (before) -> add LoRA / quantize + LoRA / nothing (full)
+    -> train -> eval loss + sample story (after) -> save the adapter in peft's layout
+       (or the whole model for full SFT) and, if asked, a merged bf16 model
+
+scripts/lora_qwen.py and scripts/compare_methods.py are thin command lines over `finetune`.
+The default model is Qwen2.5-0.5B-Instruct; `resolve_base` says plainly when its weights are not
+on this machine and offers the embedded default (the tiny model trained from scratch).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from minift import lora, memory, quant
+from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
+from minift.data import Batches, load_sft
+from minift.device import pick_device, resolve_dtype
+from minift.generate import generate
+from minift.measure import process_peak_rss
+from minift.tokenizer import load_tokenizer
+from minift.train import TrainConfig, evaluate, failure_point_warnings, train
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("lora", "qlora", "full")
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    data: str = "data/fairytales_pairs.jsonl"
+    out_dir: str = "runs/lora-qwen"
+    method: str = "lora"
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    targets: str | list[str] = "all-linear"
+    lr: float | None = None            # None: 2e-4 for LoRA/QLoRA, 2e-5 for full SFT
+    steps: int | None = None
+    epochs: float | None = None        # used when steps is None (default 1 epoch)
+    max_examples: int | None = None    # use only the first N pairs (the chapter's 100-pair exercise)
+    batch_size: int = 4
+    seq_len: int = 512
+    grad_accum: int = 1
+    grad_ckpt: bool = False
+    warmup: int = 10
+    val_fraction: float = 0.05
+    eval_batches: int | None = 20
+    device: str = "auto"
+    dtype: str = "auto"                # base weights: bf16 where the device runs it, else fp32
+    merged: bool = False               # also write out_dir/merged: base + adapter as plain HF weights
+    seed: int = 0
+    progress: bool = True
+    sample_max_tokens: int = 160
+
+
+@dataclass
+class FinetuneReport:
+    config: dict
+    model_dir: str
+    num_params: int
+    trainable_params: int
+    predicted_peak_bytes: int
+    measured_peak_bytes: int | None
+    measured_peak_kind: str
+    eval_before: dict
+    eval_after: dict
+    sample_prompt: str
+    sample_before: str
+    sample_after: str
+    train_time_s: float
+    tokens_per_s: float
+    saved: dict = field(default_factory=dict)       # what -> path
+    saved_bytes: int = 0                            # size of what this method has to ship
+    warnings: list[str] = field(default_factory=list)
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneReport:
+    """Run the whole recipe. model_dir: an already resolved local directory (else cfg.model is
+    resolved through minift.checkpoint.resolve_model_dir: a local path, the HF cache, or a download)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {cfg.method!r}")
+    device = pick_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model_dir = model_dir or resolve_model_dir(cfg.model)
+    warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
+    for w in warnings:
+        logger.warning(w)
+
+    tok = load_tokenizer(model_dir)
+    model = load_pretrained(model_dir, dtype=dtype, device=device)
+    n_params = model.num_params()
+
+    data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                    max_examples=cfg.max_examples)
+    logger.info("train data: %s", data.stats.summary())
+    train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id)
+    val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device, pad_id=data.pad_id)
+
+    # The memory math first (the seed chapter's failure point 6): what this run should take.
+    predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
+                                cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
+                                lora_r=cfg.r, lora_targets=cfg.targets)
+    logger.info("predicted memory:\n%s", predicted.table())
+
+    if cfg.method == "qlora":  # "before" is the base as QLoRA trains it: already in NF4
+        quant.quantize_model(model, compute_dtype=dtype)
+    # The sample prompt: the first held-out request, so "before" and "after" answer an unseen one.
+    held_out = data.val_conversations[0] if data.val_conversations else [{"role": "user", "content": "옛날 이야기를 들려줘."}]
+    sample_messages = [m for m in held_out if m["role"] != "assistant"][:2]
+    eval_before = evaluate(model, val_rows, cfg.eval_batches)
+    sample_before = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
+
+    if cfg.method in ("lora", "qlora"):
+        lora.add_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # Full SFT in bf16 keeps fp32 Adam states (and the chapter's 2+2+8 bytes/param); LoRA adapters are
+    # fp32 parameters over a frozen base, so their precision is "fp32" with bf16 matmuls in the base.
+    precision = "bf16" if (cfg.method == "full" and dtype == torch.bfloat16) else "fp32"
+    lr = cfg.lr if cfg.lr is not None else (2e-5 if cfg.method == "full" else 2e-4)
+    steps, epochs = (cfg.steps, None) if cfg.steps else (None, cfg.epochs or 1.0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    result = train(model, train_rows, val_rows, TrainConfig(
+        steps=steps, epochs=epochs, grad_accum=cfg.grad_accum, lr=lr, warmup=cfg.warmup, weight_decay=0.0,
+        betas=(0.9, 0.999), clip=1.0, precision=precision, master_weights=False, grad_checkpointing=cfg.grad_ckpt,
+        eval_batches=cfg.eval_batches, out_dir=os.path.join(cfg.out_dir, "train"), seed=cfg.seed,
+        progress=cfg.progress), resume=True)
+    model.eval()
+    if device.type == "cuda":
+        measured, kind = result.peak_memory_bytes, "torch.cuda.max_memory_allocated"
+    else:
+        measured, kind = process_peak_rss(), "peak resident memory of this process (whole run)"
+    eval_after = evaluate(model, val_rows, cfg.eval_batches)
+    sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
+
+    saved = {}
+    if cfg.method == "full":
+        save_pretrained(model, os.path.join(cfg.out_dir, "model"), tokenizer=tok)
+        saved["model"] = os.path.join(cfg.out_dir, "model")
+    else:
+        saved["adapter"] = lora.save_adapter(model, os.path.join(cfg.out_dir, "adapter"),
+                                             base_model_name_or_path=cfg.model)
+        if cfg.merged:
+            merged = lora.merge_and_unload(model)
+            save_pretrained(merged, os.path.join(cfg.out_dir, "merged"), tokenizer=tok, dtype=dtype)
+            saved["merged"] = os.path.join(cfg.out_dir, "merged")
+    shipped = saved.get("adapter") or saved["model"]
+    return FinetuneReport(
+        config=asdict(cfg), model_dir=model_dir, num_params=n_params, trainable_params=trainable,
+        predicted_peak_bytes=predicted.total, measured_peak_bytes=measured, measured_peak_kind=kind,
+        eval_before=eval_before, eval_after=eval_after, sample_prompt=sample_messages[0]["content"],
+        sample_before=sample_before, sample_after=sample_after, train_time_s=result.train_time_s,
+        tokens_per_s=result.tokens_per_s, saved=saved, saved_bytes=_dir_bytes(shipped), warnings=warnings)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+
+
+def resolve_base(model: str, explicit: bool, tiny_dir: str = "runs/tiny-10m") -> tuple[str, bool]:
+    """(local model directory, is_embedded_default). When the default Qwen weights are missing and
+    the user did not name a model, fall back to the tiny from-scratch model; a model the user named
+    and that cannot be found is an error (its message says how to fetch the weights)."""
+    try:
+        return resolve_model_dir(model), False
+    except FileNotFoundError:
+        if explicit:
+            raise
+        return tiny_dir, True

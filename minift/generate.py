@@ -1,0 +1,265 @@
+"""Text generation: prefill once, then one token per step from a KV cache; sampling; streaming.
+
+    prompt ids (1, T) --model(cache)--> logits of the last position --process--> next id
+    next id (1, 1)    --model(cache)--> ...                                       (until eos or max)
+
+The prompt goes through the model once ("prefill") and leaves its keys and values in a KVCache
+preallocated to T + max_new_tokens; each later step feeds only the newest token, which attends to
+everything cached. Only the last position goes through the LM head (logits_to_keep=1): for
+Qwen2.5-0.5B the head is 136M multiply-adds per position, so computing it for the whole prompt
+would be wasted work.
+
+Batch 1 only: one prompt at a time, no padding, no attention mask. That is what a person typing
+at a model needs and keeps every line here about the model, not about bookkeeping.
+
+Choosing the next token (the order is transformers' own, so greedy output matches it token for
+token, repetition penalty included):
+    1. repetition_penalty: every token already in prompt + output gets logit/p if the logit is
+       positive, logit*p if negative (CTRL, arXiv:1909.05858, as transformers implements it).
+    2. temperature == 0: argmax (greedy). Otherwise logits / temperature,
+    3. top_k: keep the k largest, 4. top_p: keep the smallest set of tokens whose probability
+       reaches p (nucleus sampling, arXiv:1904.09751), then sample from the softmax.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from minift.model import KVCache
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- logits -> next token
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """logits (1, V) fp32; seen (1, S) ids of prompt + generated so far. Each distinct seen token
+    is penalised once, however often it occurred (a gather/scatter, as transformers does)."""
+    seen = seen[seen < logits.shape[-1]].view(1, -1)   # ids past the head's width cannot be generated
+    score = logits.gather(1, seen)                      # (1, S)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    return logits.scatter(1, seen, score)
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits (ties with the k-th kept), the rest -inf."""
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (1, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter. Sorted ascending, a token is dropped when the probability mass of it and
+    every smaller token is still <= 1 - p; the most likely token always stays."""
+    sorted_logits, order = torch.sort(logits, descending=False)      # (1, V)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)                # (1, V)
+    drop_sorted = cum <= 1 - p
+    drop_sorted[..., -1:] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)                  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor, *, temperature: float = 0.0,
+                   top_k: int | None = None, top_p: float | None = None,
+                   repetition_penalty: float = 1.0) -> torch.Tensor:
+    """The logits the next token is drawn from (fp32, (1, V)); with temperature 0 only the
+    repetition penalty applies, since the argmax ignores the rest.
+
+    Note: processing in fp32. A bf16 model's logits are upcast first (transformers does the same):
+    bf16 keeps 8 significant bits, so dividing by a temperature or a penalty in bf16 would round
+    near-equal logits together and change which token wins."""
+    logits = logits.float()
+    if repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    if temperature > 0:
+        logits = logits / temperature
+        if top_k is not None and top_k > 0:
+            logits = apply_top_k(logits, top_k)
+        if top_p is not None and top_p < 1.0:
+            logits = apply_top_p(logits, top_p)
+    return logits
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens):
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be a positive int or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {repetition_penalty}")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}")
+
+
+# ---------------------------------------------------------------------- the decoding loop
+def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+               eos_token_ids: Sequence[int] | None = (), min_new_tokens: int = 0,
+               seed: int | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time. input_ids (1, T) on the model's device. Stops after an
+    eos id (which is yielded) or max_new_tokens. min_new_tokens forbids eos before that many
+    tokens (transformers' MinNewTokensLength rule; benchmarks use it to fix the length)."""
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens)
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must have shape (1, T) (batch 1), got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: give at least one prompt token")
+    if max_new_tokens == 0:
+        return
+    T = input_ids.shape[1]
+    if T + max_new_tokens > model.config.max_position_embeddings:
+        logger.warning("prompt %d + %d new tokens exceeds max_position_embeddings %d; quality will degrade",
+                       T, max_new_tokens, model.config.max_position_embeddings)
+    eos_set = set(eos_token_ids or ())
+    eos = torch.tensor(sorted(eos_set), dtype=torch.long, device=input_ids.device)
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=input_ids.device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+
+    def pick(logits, seen, step):  # (1, V) logits -> (1, 1) next id
+        scores = process_logits(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty)
+        if step < min_new_tokens and eos.numel():
+            scores[:, eos[eos < scores.shape[-1]]] = float("-inf")
+        if temperature > 0:
+            return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
+        return scores.argmax(dim=-1, keepdim=True)
+
+    # The model runs under inference_mode (no autograd records), but never across a `yield`:
+    # grad mode is per thread, and the caller's code runs while this generator is suspended.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            # Note: the cache is allocated once for the whole answer: 2 (k, v) x layers x n_kv x
+            # head_dim x (T + max_new_tokens) values; for Qwen2.5-0.5B in bf16, 2 x 24 x 2 x 64 x 2
+            # bytes = 12 KiB per position, so 4096 positions cost 48 MiB. Preallocating avoids a
+            # torch.cat per token, which would copy the whole cache every step.
+            # Keys and values have the activations' dtype, which is the embedding's (a quantized
+            # model's linear weights may be packed uint8, so ask the embedding, not any parameter).
+            cache = KVCache(model.config, batch=1, max_len=T + max_new_tokens,
+                            device=input_ids.device, dtype=model.model.embed_tokens.weight.dtype)
+            seen = input_ids                                                     # (1, T + n), for the penalty
+            logits = model(input_ids, cache=cache, logits_to_keep=1)[:, -1]      # prefill: (1, V)
+            next_id = pick(logits, seen, 0)                                      # (1, 1)
+        for step in range(max_new_tokens):
+            token = int(next_id)
+            yield token
+            if token in eos_set or step == max_new_tokens - 1:
+                return
+            with torch.inference_mode():
+                seen = torch.cat([seen, next_id], dim=1)
+                logits = model(next_id, cache=cache, logits_to_keep=1)[:, -1]  # decode: (1, V)
+                next_id = pick(logits, seen, step + 1)
+    finally:
+        model.train(was_training)
+
+
+def generate_ids(model, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    """(1, T) prompt -> (1, T + n): the prompt followed by the new ids (eos included if hit),
+    as transformers' generate returns. Keyword arguments as stream_ids."""
+    new = list(stream_ids(model, input_ids, **kwargs))
+    return torch.cat([input_ids, torch.tensor([new], dtype=input_ids.dtype, device=input_ids.device)], dim=1)
+
+
+# ---------------------------------------------------------------------- ids -> text, incrementally
+class IncrementalDecoder:
+    """Turn a growing list of ids into text that can be printed as it comes.
+
+    A byte-level BPE token can end in the middle of a UTF-8 character: a Hangul syllable is 3
+    bytes and may be split over two tokens. Decoding such a prefix gives U+FFFD (the replacement
+    character) at the end. So: decode all ids so far, hold back trailing U+FFFD, and emit only
+    what is new past the text already emitted. Byte-level decoding never changes text once its
+    bytes are complete, so the emitted pieces join to exactly the final decode (flush() sends
+    whatever is held back at the end, e.g. a genuinely invalid byte)."""
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        stable = text.rstrip("\ufffd")
+        if not stable.startswith(self.emitted):
+            return ""  # a decoder that rewrites earlier text (not byte-level): wait for flush
+        delta, self.emitted = stable[len(self.emitted):], stable
+        return delta
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        if not text.startswith(self.emitted):
+            logger.warning("streamed text is not a prefix of the final decode; the stream differs from the result")
+            delta = text
+        else:
+            delta = text[len(self.emitted):]
+        self.emitted = text
+        return delta
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict] | list[int] | torch.Tensor) -> list[int]:
+    """str -> ids (with tokenizer.json's BOS if it adds one, as `tokenizer(text)` does);
+    list of {"role", "content"} -> chat template + generation prompt -> ids; ids pass through."""
+    if isinstance(prompt, torch.Tensor):
+        return prompt.reshape(-1).tolist()
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, add_special_tokens=True)
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+        return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
+    raise TypeError("prompt must be a str, a non-empty list of chat messages ({'role', 'content'} dicts), "
+                    f"or a non-empty list of token ids; got {type(prompt).__name__}")
+
+
+def generate_stream(model, tokenizer, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                    top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                    eos_token_ids: Sequence[int] | None = None, min_new_tokens: int = 0,
+                    seed: int | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (token_id, text_delta) per generated token; the deltas join to the generated text
+    (eos ids are not decoded; special tokens are skipped)."""
+    eos = list(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    device = next(model.parameters()).device
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)], dtype=torch.long, device=device)  # (1, T)
+    decoder = IncrementalDecoder(tokenizer)
+    n = 0
+    for token in stream_ids(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, repetition_penalty=repetition_penalty, eos_token_ids=eos,
+                            min_new_tokens=min_new_tokens, seed=seed):
+        n += 1
+        last = token in eos or n == max_new_tokens
+        delta = "" if token in eos else decoder.push(token)
+        if last:
+            delta += decoder.flush()
+        yield token, delta
+
+
+def generate(model, tokenizer, prompt: str | list[dict] | list[int], max_new_tokens: int = 64,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float = 1.0, eos_token_ids: Sequence[int] | None = None,
+             stream: Callable[[str], None] | None = None, seed: int | None = None,
+             min_new_tokens: int = 0) -> str:
+    """The new text for one prompt (batch 1).
+
+    prompt: a string, chat messages (rendered with the chat template and an assistant prompt),
+    or token ids. temperature 0 is greedy; seed makes sampling reproducible. eos_token_ids
+    defaults to the tokenizer's list (generation_config + tokenizer_config). stream, if given, is
+    called with each piece of text as soon as it is complete UTF-8."""
+    pieces = []
+    for _, delta in generate_stream(model, tokenizer, prompt, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_k=top_k, top_p=top_p,
+                                    repetition_penalty=repetition_penalty, eos_token_ids=eos_token_ids,
+                                    min_new_tokens=min_new_tokens, seed=seed):
+        if delta:
+            pieces.append(delta)
+            if stream is not None:
+                stream(delta)
+    return "".join(pieces)
