@@ -281,6 +281,14 @@ class NF4State:
         state.validate(prefix)
         return state
 
+    def check_packed(self, packed: torch.Tensor) -> None:
+        """The packed codes fit this state: uint8, two codes per byte."""
+        if packed.dtype != torch.uint8:
+            raise TypeError(f"packed NF4 weight must be uint8, got {packed.dtype}")
+        if packed.numel() != (self.numel + 1) // 2:
+            raise ValueError(f"packed NF4 weight has {packed.numel()} bytes, expected {(self.numel + 1) // 2} "
+                             f"for shape {tuple(self.shape)}")
+
     def validate(self, prefix: str = "") -> None:
         """Shapes and dtypes consistent with shape/blocksize; errors name the (bnb) key."""
         nb = self.num_blocks
@@ -375,11 +383,7 @@ def dequantize(packed: torch.Tensor, state: NF4State, out_dtype: torch.dtype | N
     with out_dtype it equals what bnb's 4-bit matmul uses (fp32 product cast straight to the
     compute dtype, not through the original dtype)."""
     n = state.numel
-    if packed.dtype != torch.uint8:
-        raise TypeError(f"packed NF4 weight must be uint8, got {packed.dtype}")
-    if packed.numel() != (n + 1) // 2:
-        raise ValueError(f"packed NF4 weight has {packed.numel()} bytes, expected {(n + 1) // 2} "
-                         f"for shape {tuple(state.shape)}")
+    state.check_packed(packed)
     # Each byte holds two codes, so there are only 256 possible value pairs: look them up per
     # byte (pair_table[b] = (code[b >> 4], code[b & 15])) instead of unpacking nibble by nibble.
     # Same values as code[unpack(packed, n)], about 2x faster on CPU.

@@ -80,11 +80,7 @@ def supported(packed: torch.Tensor, state, out_dtype: torch.dtype | None) -> boo
 def dequantize_nf4_triton(packed: torch.Tensor, state, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """packed uint8 ((n+1)//2, 1) + NF4State -> the weight (state.shape) in out_dtype or state.dtype."""
     n = state.numel
-    if packed.dtype != torch.uint8:
-        raise TypeError(f"nf4_triton.py: packed NF4 weight must be uint8, got {packed.dtype}")
-    if packed.numel() != (n + 1) // 2:
-        raise ValueError(f"nf4_triton.py: packed NF4 weight has {packed.numel()} bytes, expected "
-                         f"{(n + 1) // 2} for shape {tuple(state.shape)}")
+    state.check_packed(packed)
     dev = packed.device
     packed = packed.contiguous()
     out = torch.empty(state.shape, dtype=out_dtype or state.dtype, device=dev)

@@ -67,7 +67,7 @@ class FinetuneReport:
     model_dir: str
     num_params: int
     trainable_params: int
-    predicted_peak_bytes: int
+    predicted_peak_bytes: int | None                # None: a configuration minift.memory does not model
     measured_peak_bytes: int | None
     measured_peak_kind: str
     eval_before: dict
@@ -93,6 +93,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         raise ValueError(f"method must be one of {METHODS}, not {cfg.method!r}")
     device = pick_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    rss_at_start = process_peak_rss() if device.type == "cpu" else 0  # the interpreter and libraries
     model_dir = model_dir or resolve_model_dir(cfg.model)
     warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
     for w in warnings:
@@ -105,21 +106,42 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
                     max_examples=cfg.max_examples)
     logger.info("train data: %s", data.stats.summary())
+    if not data.val:
+        raise ValueError(f"{cfg.data}: no held-out rows (val_fraction={cfg.val_fraction}, "
+                         f"{len(data.val_conversations)} held-out conversation(s) kept at seq_len={cfg.seq_len}); "
+                         f"the recipe measures the loss before and after training on them (use e.g. 0.05)")
+    for part, stats in (("training", data.stats), ("held-out", data.val_stats)):
+        if stats.num_loss_tokens == 0:  # the prompts fill every row: nothing to learn or measure
+            raise ValueError(f"{cfg.data}: no {part} example keeps an answer token at seq_len={cfg.seq_len} "
+                             f"({stats.num_without_loss} of {stats.num_examples} lost all of theirs to "
+                             f"truncation); raise seq_len")
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device, pad_id=data.pad_id)
 
     # The memory math first (the seed chapter's failure point 6): what this run should take.
-    predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
-                                cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
-                                lora_r=cfg.r, lora_targets=cfg.targets)
-    logger.info("predicted memory:\n%s", predicted.table())
+    # device: the math follows the kernels dispatch picks there (Triton on CUDA, the reference elsewhere).
+    try:
+        predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
+                                    cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
+                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type)
+        logger.info("predicted memory:\n%s", predicted.table())
+    except ValueError as e:  # a configuration the math does not model (fp32 QLoRA, as on a CPU): train anyway
+        predicted = None
+        warnings.append(f"no memory prediction for this run: {e}")
+        logger.warning(warnings[-1])
 
     if cfg.method == "qlora":  # "before" is the base as QLoRA trains it: already in NF4
         quant.quantize_model(model, compute_dtype=dtype)
     # The sample prompt: the first held-out request, so "before" and "after" answer an unseen one.
-    held_out = data.val_conversations[0] if data.val_conversations else [{"role": "user", "content": "옛날 이야기를 들려줘."}]
-    sample_messages = [m for m in held_out if m["role"] != "assistant"][:2]
-    eval_before = evaluate(model, val_rows, cfg.eval_batches)
+    # Everything before its first answer (a system message, if any, and the request): a multi-turn
+    # conversation must not become two user turns in a row.
+    held_out = data.val_conversations[0]
+    first_answer = next((i for i, m in enumerate(held_out) if m["role"] == "assistant"), len(held_out))
+    sample_messages = held_out[:first_answer]
+    if not any(m["role"] == "user" for m in sample_messages):  # a chat that opens with the assistant
+        sample_messages = [{"role": "user", "content": "옛날 이야기를 들려줘."}]
+    sample_prompt = [m["content"] for m in sample_messages if m["role"] == "user"][-1]
+    eval_before = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_before = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
 
     if cfg.method in ("lora", "qlora"):
@@ -142,9 +164,13 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     model.eval()
     if device.type == "cuda":
         measured, kind = result.peak_memory_bytes, "torch.cuda.max_memory_allocated"
+    elif device.type == "mps":  # no peak counter: what the MPS driver holds now, after training
+        measured = torch.mps.driver_allocated_memory()
+        kind = "torch.mps.driver_allocated_memory after training (a sample, not a peak)"
     else:
-        measured, kind = process_peak_rss(), "peak resident memory of this process (whole run)"
-    eval_after = evaluate(model, val_rows, cfg.eval_batches)
+        measured = process_peak_rss() - rss_at_start
+        kind = "peak resident memory of this process above its size at the start (whole run)"
+    eval_after = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
 
     saved = {}
@@ -161,10 +187,24 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     shipped = saved.get("adapter") or saved["model"]
     return FinetuneReport(
         config=asdict(cfg), model_dir=model_dir, num_params=n_params, trainable_params=trainable,
-        predicted_peak_bytes=predicted.total, measured_peak_bytes=measured, measured_peak_kind=kind,
-        eval_before=eval_before, eval_after=eval_after, sample_prompt=sample_messages[0]["content"],
+        predicted_peak_bytes=predicted.total if predicted is not None else None,
+        measured_peak_bytes=measured, measured_peak_kind=kind,
+        eval_before=eval_before, eval_after=eval_after, sample_prompt=sample_prompt,
         sample_before=sample_before, sample_after=sample_after, train_time_s=result.train_time_s,
         tokens_per_s=result.tokens_per_s, saved=saved, saved_bytes=_dir_bytes(shipped), warnings=warnings)
+
+
+def _held_out_loss(model, val_rows: Batches, max_batches: int | None) -> dict:
+    """evaluate() from the first validation batch. Batches is resumable: a pass cut short at
+    max_batches leaves it mid-epoch, and the next pass (and train()'s own evaluations, which
+    restore the state they found) would start there and measure other rows. Rewinding first
+    makes "before" and "after" the same rows; rewinding after leaves train() the same start."""
+    start = {"epoch": 0, "position": 0}
+    val_rows.load_state_dict(start)
+    try:
+        return evaluate(model, val_rows, max_batches)
+    finally:
+        val_rows.load_state_dict(start)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +47,9 @@ class ScratchConfig:
     seed: int = 0
     progress: bool = True
     sample_prompt: str = "옛날 옛적에"
+    # ModelConfig fields to change after the preset, e.g. {"hidden_size": 64, "num_hidden_layers": 2}
+    # (tests and quick experiments use a smaller model than tiny-10m; vocab_size is set above).
+    model_overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -58,17 +61,36 @@ class ScratchReport:
     sample: str
 
 
+def model_config(cfg: ScratchConfig, tok) -> ModelConfig:
+    """The preset, resized to the tokenizer's run (vocab, stop ids, positions), then the overrides."""
+    preset = ModelConfig.preset(cfg.preset)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(cfg.model_overrides) - known)
+    if unknown:
+        raise ValueError(f"ScratchConfig.model_overrides: {unknown} are not ModelConfig fields "
+                         f"(known: {sorted(known)})")
+    # every stop token (<|im_end|>, <|endoftext|>) goes into generation_config.json, so
+    # generation stops on either
+    settings = dict(vocab_size=cfg.vocab_size, eos_token_id=tok.eos_token_ids, pad_token_id=tok.pad_token_id,
+                    max_position_embeddings=max(cfg.seq_len, 1024), torch_dtype="float32")
+    clash = sorted(settings.keys() & cfg.model_overrides.keys())
+    if clash:
+        raise ValueError(f"ScratchConfig.model_overrides: {clash} are set from the tokenizer and ScratchConfig "
+                         f"(vocab_size: use ScratchConfig.vocab_size)")
+    overrides = dict(cfg.model_overrides)
+    # The preset's head_dim was derived from its own hidden_size / heads; a new size re-derives it.
+    if ({"hidden_size", "num_attention_heads"} & overrides.keys()) and "head_dim" not in overrides:
+        overrides["head_dim"] = None
+    return dataclasses.replace(preset, **settings, **overrides)
+
+
 def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     docs = read_text(cfg.corpus)
     logger.info("training a %d-token byte-level BPE on %d documents", cfg.vocab_size, len(docs))
     tok = train_bpe(docs, cfg.vocab_size)
-    model_cfg = dataclasses.replace(ModelConfig.preset(cfg.preset), vocab_size=cfg.vocab_size,
-                                    # every stop token (<|im_end|>, <|endoftext|>) goes into
-                                    # generation_config.json, so generation stops on either
-                                    eos_token_id=tok.eos_token_ids, pad_token_id=tok.pad_token_id,
-                                    max_position_embeddings=max(cfg.seq_len, 1024), torch_dtype="float32")
+    model_cfg = model_config(cfg, tok)
     data = load_pretrain(cfg.corpus, tok, cfg.seq_len, val_fraction=cfg.val_fraction, seed=cfg.seed)
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device) if data.val else None

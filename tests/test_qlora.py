@@ -13,6 +13,7 @@ import torch.nn as nn
 import minift
 from minift import lora, quant
 from minift.quant import Linear4bit
+from test_lora import randomize_adapter  # tests/ is on sys.path under pytest
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,14 +42,6 @@ def tiny_minift(seed: int = 0, hidden: int = 64) -> minift.Transformer:
 def batch(seed: int = 1, B: int = 4, T: int = 33) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (B, T), generator=g)
-
-
-def randomize_adapter(model, seed: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, layer in lora.lora_layers(model):
-            for w in (layer.lora_A.weight, layer.lora_B.weight):
-                w.copy_(torch.randn(w.shape, generator=g) * 0.1)
 
 
 def four_bit_state(model) -> dict[str, torch.Tensor]:
