@@ -36,6 +36,15 @@ def main():
     ap.add_argument("--r", type=int, default=16, help="LoRA rank")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=1024)
+    t = ap.add_argument_group("training time (the ops checklist): tokens x FLOPs/token / throughput")
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--tokens-per-pair", type=int, default=300,
+                   help="for --data in pairs: tokens per pair, chat template included (the shipped fairytale "
+                        "pairs: ~280 with the tiny BPE)")
+    t.add_argument("--tokens-per-s", type=float, help="a measured training throughput (scripts/bench_train.py)")
+    t.add_argument("--tflops", type=float, default=790.0,
+                   help="the device's bf16 matmul rate (H200: 790 measured; a laptop GPU: 10-60)")
+    t.add_argument("--mfu", type=float, default=0.3, help="the fraction of --tflops a training step reaches")
     a = ap.parse_args()
     if not a.general and not (a.data or a.dataset):
         ap.error("question 2 needs --data or --dataset")
@@ -54,7 +63,28 @@ def main():
     for w in d.warnings:
         print(f"warning: {w}")
     print(f"\npath: {d.path}   method: {d.method}   model: {d.model}")
+    if d.method in ("full", "lora", "qlora") and d.model and a.data:
+        print(training_time_line(d, a))
     return 0
+
+
+def training_time_line(d, a) -> str:
+    """The ops checklist's estimate: FLOPs per token for the chosen method (6N full, ~4N LoRA, plus
+    attention; minift/flops.py) times the tokens, over a measured throughput or TFLOP/s x MFU."""
+    from minift import ModelConfig, flops
+    from minift.decide import CANDIDATES, parse_amount
+    name = next(n for n in CANDIDATES if ModelConfig.preset(n).name_or_path.replace("-Instruct", "")
+                == d.model.replace("-Instruct", ""))
+    cfg = ModelConfig.preset(name)
+    lo, hi, unit = parse_amount(a.data)
+    amount = (lo * hi) ** 0.5 if lo > 0 else hi
+    tokens = amount * (a.tokens_per_pair if unit == "pairs" else 1) * a.epochs
+    hours = flops.training_time(cfg, d.method, tokens, a.tokens_per_s, a.tflops, a.mfu, seq=a.seq)
+    fpt = flops.flops_per_token(cfg, d.method, a.seq).model
+    rate = (f"{a.tokens_per_s:,.0f} tok/s measured" if a.tokens_per_s
+            else f"{a.mfu:.0%} of {a.tflops:g} TFLOP/s = {a.tflops * 1e12 * a.mfu / fpt:,.0f} tok/s")
+    return (f"training time: {tokens:,.0f} tokens ({a.epochs:g} epoch(s)) x {fpt / 1e9:.2f} GFLOP/token "
+            f"({d.method}) at {rate}: {hours:.2f} hours")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ def test_decide_gives_the_capstone_answer(runs):
     rc, out, err = runs.result("decide")
     assert rc == 0, (rc, err[-2000:])
     assert "path: lora   method: lora   model: Qwen/Qwen2.5-0.5B-Instruct" in out
+    # the ops checklist's estimate: sqrt(5K * 50K) pairs x 300 tokens = 4,743,416 tokens, 1 epoch
+    assert "training time: 4,743,416 tokens (1 epoch(s))" in out
     rc, out, err = runs.result("decide-missing")
     assert rc == 2 and "question 2 needs --data or --dataset" in err
 
