@@ -23,7 +23,7 @@ from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretraine
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
 from minift.generate import generate
-from minift.measure import process_peak_rss
+from minift.measure import process_peak_rss, reset_peak_rss
 from minift.tokenizer import load_tokenizer
 from minift.train import TrainConfig, evaluate, failure_point_warnings, train
 
@@ -93,7 +93,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         raise ValueError(f"method must be one of {METHODS}, not {cfg.method!r}")
     device = pick_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    rss_at_start = process_peak_rss() if device.type == "cpu" else 0  # the interpreter and libraries
+    rss_at_start = reset_peak_rss() if device.type == "cpu" else 0  # the interpreter, libraries, earlier work
     model_dir = model_dir or resolve_model_dir(cfg.model)
     warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
     for w in warnings:
@@ -169,7 +169,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         kind = "torch.mps.driver_allocated_memory after training (a sample, not a peak)"
     else:
         measured = process_peak_rss() - rss_at_start
-        kind = "peak resident memory of this process above its size at the start (whole run)"
+        kind = "peak resident memory above the process's size when the recipe started (whole recipe)"
     eval_after = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
 

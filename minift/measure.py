@@ -80,6 +80,19 @@ def process_peak_rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def reset_peak_rss() -> int:
+    """Start a new peak: on Linux, reset VmHWM to the current resident size (/proc/self/clear_refs)
+    and return that size in bytes, so process_peak_rss() - it is what was added since. Elsewhere
+    nothing can be reset: returns the peak so far, and the difference then reads low if an
+    earlier phase of the process peaked higher."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _rss_kb("VmRSS") * 1024
+    except OSError:
+        return process_peak_rss()
+
+
 def measure_peak(fn, device, *, how: str = "auto") -> Peak:
     """Run fn (optionally fn(sample)) once and return its peak memory (see the module docstring).
 
@@ -113,9 +126,7 @@ def measure_peak(fn, device, *, how: str = "auto") -> Peak:
     if how == "rss":
         if not os.path.exists("/proc/self/clear_refs"):
             raise RuntimeError("how='rss' needs Linux /proc (clear_refs, status)")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                       # reset VmHWM to the current RSS
-        baseline = _rss_kb("VmRSS") * 1024
+        baseline = reset_peak_rss()
         _call(fn, lambda: None)
         return Peak(_rss_kb("VmHWM") * 1024, baseline, "cpu rss", time.perf_counter() - t0)
     raise ValueError(f"how must be 'auto', 'allocator' or 'rss', got {how!r}")

@@ -5,8 +5,8 @@ Each process spends most of its time importing torch, so a module fixture starts
 at a time, and each test waits for its own (OMP_NUM_THREADS=1 keeps them from fighting over the
 cores). What is checked is what the script is for: --help works for every
 script; generate.py streams the same greedy text as minift.generate; decide.py answers the
-chapter's capstone questions with LoRA on Qwen2.5-0.5B-Instruct; make_fairytales.py writes the
-pairs minift.fairytales generates.
+chapter's capstone questions with LoRA on Qwen2.5-0.5B-Instruct; continue_pretraining.py trains
+a base on raw text and saves it; make_fairytales.py writes the pairs minift.fairytales generates.
 """
 import concurrent.futures
 import dataclasses
@@ -88,6 +88,11 @@ def runs(tmp_path_factory, tiny_dir):
     r.start("decide", [script("decide.py"), "--general", "no", "--data", "5K-50K pairs", "--laptop", "yes",
                        "--license-separate", "yes", "--memory", "24GB"], work)
     r.start("decide-missing", [script("decide.py"), "--general", "no", "--laptop", "yes"], work)
+    corpus = work / "cpt_corpus.txt"
+    corpus.write_text("\n\n".join(fairytales.generate_stories(12, seed=4)), encoding="utf-8")
+    r.start("cpt", [script("continue_pretraining.py"), "--model", tiny_dir, "--corpus", str(corpus), "--steps", "3",
+                    "--batch-size", "2", "--seq-len", "64", "--lr", "1e-2", "--device", "cpu", "--dtype", "float32",
+                    "--out", str(work / "cpt"), "--no-progress"], work)
     r.start("fairytales", [script("make_fairytales.py"), "--n-pairs", "7", "--corpus-stories", "3", "--seed", "5",
                            "--out-dir", str(work / "data")], work)
     r.work = work
@@ -118,6 +123,17 @@ def test_generate_without_a_model_says_so_and_runs_a_random_one(runs):
     assert rc == 0, (rc, err[-2000:])
     assert "no --model and no trained model at runs/tiny-10m/" in err and "RANDOM tiny-10m" in err
     assert out.startswith(PROMPT)
+
+
+def test_continued_pretraining_trains_and_saves_a_model_that_loads(runs, tiny_dir):
+    rc, out, err = runs.result("cpt")
+    assert rc == 0, (rc, err[-2000:])
+    assert "held-out loss" in out and "saved" in out
+    before = minift.load_pretrained(tiny_dir, dtype="float32", device="cpu")
+    after = minift.load_pretrained(str(runs.work / "cpt"), dtype="float32", device="cpu")
+    changed = [n for (n, p), (_, q) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(p, q)]
+    assert changed, "three steps at lr 1e-2 left every weight as it was"
+    assert minift.load_tokenizer(str(runs.work / "cpt")).encode(PROMPT) == minift.load_tokenizer(tiny_dir).encode(PROMPT)
 
 
 def test_decide_gives_the_capstone_answer(runs):
