@@ -104,13 +104,14 @@ def _run(cmd, stdin, timeout) -> dict:
 H200_BF16_FLOPS = 790e12   # measured dense bf16 matmul rate on the H200 (8192^3, random data)
 
 
-def compare(rows: list[Row], anchor_script: str, log=print) -> list[dict]:
-    """Each row on both sides; returns one dict per row with the ratios and minift's MFU."""
+def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]:
+    """Each row on both sides (minift only when anchor_script is None); one dict per row with
+    the ratios and minift's MFU."""
     from minift import flops
     results = []
     for row in rows:
         ours = run_minift_row(row)
-        theirs = run_anchor_row(row, anchor_script)
+        theirs = run_anchor_row(row, anchor_script) if anchor_script else {"error": "not run"}
         r = dict(asdict(row), minift=ours, anchor=theirs)
         if "error" not in ours:
             cfg = ModelConfig.preset(f"qwen2.5-{row.size}")

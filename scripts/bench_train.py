@@ -37,6 +37,7 @@ def main(default_rows="all"):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=default_rows, choices=sorted(ROWS))
     ap.add_argument("--row", help="one row instead: SIZE:METHOD:MODE, e.g. 0.5b:lora:lean+compile")
+    ap.add_argument("--minift-only", action="store_true", help="skip the anchor (a diagnostic: no ratio)")
     ap.add_argument("--out", default="bench_out")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -48,7 +49,7 @@ def main(default_rows="all"):
     print(f"{stamp}\n{TABLE_HEADER}", flush=True)
     rows = [Row(*a.row.split(":"))] if a.row else ROWS[a.rows]
     name = a.row.replace(":", "_").replace("+", "-") if a.row else a.rows
-    results = compare(rows, ANCHOR, log=lambda line: print(line, flush=True))
+    results = compare(rows, None if a.minift_only else ANCHOR, log=lambda line: print(line, flush=True))
     with open(os.path.join(a.out, f"bench_{name}.json"), "w") as f:
         json.dump(dict(stamp=stamp, results=results), f, indent=2)
     from minift.bench import format_row
