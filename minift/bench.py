@@ -101,9 +101,6 @@ def _run(cmd, stdin, timeout) -> dict:
     return json.loads(lines[-1])
 
 
-H200_BF16_FLOPS = 790e12   # measured dense bf16 matmul rate on the H200 (8192^3, random data)
-
-
 def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]:
     """Each row on both sides (minift only when anchor_script is None); one dict per row with
     the ratios and minift's MFU."""
@@ -116,7 +113,7 @@ def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]
         if "error" not in ours:
             cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
             fpt = flops.flops_per_token(cfg, row.method, row.seq, grad_ckpt=MODES[row.mode]["grad_ckpt"]).model
-            r["minift_mfu"] = ours["tok_per_s"] * fpt / H200_BF16_FLOPS
+            r["minift_mfu"] = ours["tok_per_s"] * fpt / flops.H200_BF16_FLOPS
             if "error" not in theirs:
                 r["speed_ratio"] = ours["tok_per_s"] / theirs["tok_per_s"]
                 r["memory_ratio"] = ours["peak_bytes"] / theirs["peak_bytes"]

@@ -24,8 +24,6 @@ from minift import flops
 from minift.device import pick_device
 from minift.train import TrainConfig, train
 
-H200_BF16_FLOPS = 790e12
-
 
 def random_batches(vocab, batch, seq, steps, device, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -101,7 +99,7 @@ def main():
     row = dict(date=str(datetime.date.today()), device=name, torch=torch.__version__, batch=a.batch, seq=a.seq,
                minift_tok_s=ours, plain_tok_s=plain, ratio=ours / plain, precision=precision)
     if cuda:
-        row.update(minift_mfu=ours * fpt / H200_BF16_FLOPS, plain_mfu=plain * fpt / H200_BF16_FLOPS)
+        row.update(minift_mfu=ours * fpt / flops.H200_BF16_FLOPS, plain_mfu=plain * fpt / flops.H200_BF16_FLOPS)
     print(f"{row['date']} {name}, torch {torch.__version__}, tiny-10m, batch {a.batch} x {a.seq}, {precision}")
     print(f"minift train loop: {ours:,.0f} tok/s   plain PyTorch loop: {plain:,.0f} tok/s   ratio {ours / plain:.2f}"
           + (f"   MFU {100 * row['minift_mfu']:.1f}% vs {100 * row['plain_mfu']:.1f}%" if cuda else ""))
