@@ -8,6 +8,12 @@ The rule is one function, `use_triton(*tensors)`:
     unset / MINIFT_KERNELS=auto -> Triton only when every tensor is on CUDA and triton imports
 
 So CPU and MPS users always get the reference, and nobody needs triton installed to use minift.
+
+One op has a fast path on CPU instead of CUDA: `linear`, whose single-row decode product runs a
+TorchInductor-compiled matrix-vector loop (kernels/matvec.py) where `matvec.supported` says it runs
+and pays, and only inside `matvec.enabled()` (minift.generate's decode steps), because building the
+kernels costs seconds. MINIFT_KERNELS=reference turns it off too; "triton" leaves it as "auto"
+(there is no Triton matvec).
 The environment variable is read on every call (a dict lookup), so a test or a benchmark can
 switch it without re-importing anything.
 
@@ -17,6 +23,9 @@ Every op here has the signature of its reference, which lives beside its kernel:
     swiglu(gate, up)                    kernels/swiglu.py    swiglu_reference
     dequantize_nf4(packed, state, out_dtype=None)
                                         kernels/nf4.py       dequantize (the reference)
+    linear(x, weight, bias=None)        kernels/matvec.py    matvec_reference (F.linear)
+    softmax_xent(hidden, weight, targets, scale, need_grad)
+                                        kernels/softmax_xent.py  softmax_xent_reference
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import importlib.util
 import os
 
 import torch
+import torch.nn.functional as F
 
 _MODES = ("auto", "reference", "triton")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -99,3 +109,22 @@ def dequantize_nf4(packed: torch.Tensor, state, out_dtype: torch.dtype | None = 
     if use_triton(packed) and nf4_triton.supported(packed, state, out_dtype):
         return nf4_triton.dequantize_nf4_triton(packed, state, out_dtype)
     return nf4.dequantize(packed, state, out_dtype)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b, nn.Linear's product. x (..., in), weight (out, in), bias (out,) or None."""
+    from minift.kernels import matvec
+    # Cheapest test first: outside matvec.enabled() this is F.linear after one context-variable read.
+    if matvec.is_enabled() and kernel_mode() != "reference" and matvec.supported(x, weight, bias):
+        return matvec.matvec_cpu(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def softmax_xent(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor,
+                 need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A chunk's logits hidden @ weight.T, its cross-entropy per row and (softmax - onehot) * scale."""
+    from minift.kernels import softmax_xent as xent
+    if (use_triton(hidden, weight, targets) and hidden.dtype in _FLOAT_DTYPES and hidden.dtype == weight.dtype
+            and hidden.dim() == 2 and targets.shape == hidden.shape[:1] and weight.shape[0] > 0):
+        return xent.softmax_xent_triton(hidden, weight, targets, scale, need_grad)
+    return xent.softmax_xent_reference(hidden, weight, targets, scale, need_grad)

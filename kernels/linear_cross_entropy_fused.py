@@ -7,16 +7,19 @@ Same signature and value as kernels/cross_entropy.linear_cross_entropy (the chun
 The reference checkpoints each chunk: forward computes the chunk's logits and drops them, backward
 computes them again and then the two gradient matmuls: 4 matmuls of (chunk x h x V) per chunk.
 Here forward does it all at once, per chunk of n tokens:
-    logits  = (h_c @ W.T).float()                          (n, V) fp32, the only big buffer
+    logits  = h_c @ W.T                                    (n, V), the only big buffer
     loss   += sum over counted tokens of logsumexp(logits) - logits[target]
     dlogits = (softmax(logits) - onehot(target)) / count   (zero rows where target == -100)
+             (these three lines are kernels/softmax_xent.py: a PyTorch reference and a Triton kernel)
     dh_c    = dlogits @ W                                  (n, h)
     dW     += dlogits.T @ h_c                              (V, h)
 and backward only scales the stored dh, dW by the incoming gradient (1.0 for a plain
-loss.backward(), so usually nothing to do): 3 matmuls per chunk instead of 4, no recomputation.
+loss.backward()): 3 matmuls per chunk instead of 4, no recomputation.
 
-Note: memory. The chunk's fp32 logits are turned into dlogits in place, so one chunk's fp32
-logits (n x V x 4 bytes) is still the largest temporary, as in the reference. Between forward and
+Note: memory. The reference softmax (kernels/softmax_xent.py, CPU and MPS) upcasts the chunk's
+logits to fp32 and turns them into dlogits in place, so one chunk's fp32 logits (n x V x 4 bytes)
+is the largest temporary, as in kernels/cross_entropy.py; the Triton kernel (CUDA) writes dlogits
+over the bf16 logits and needs nothing more (n x V x 2 bytes). Between forward and
 backward this keeps dh (the size of hidden, which the reference keeps instead) and dW (the size of
 the head weight, which the reference allocates at the start of its backward anyway), so the peak
 is the same. dW accumulates in the weight's dtype (addmm: fp32 inside the matmul, one rounding per
@@ -30,6 +33,8 @@ same graph (retain_graph=True) is refused rather than silently double-scaled.
 from __future__ import annotations
 
 import torch
+
+from minift.kernels import dispatch
 
 IGNORE_INDEX = -100
 
@@ -47,9 +52,10 @@ def _loss_and_grads(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor, chun
                     need_dh: bool, need_dw: bool):
     """h (N, hd), weight (V, hd), t (N,) -> (summed loss fp32, count, dh (N, hd) | None, dW (V, hd) | None)."""
     cdt = _compute_dtype(h, weight)
+    # No host-side check that count > 0: reading it back would stall the GPU queue every step (and
+    # rule out a CUDA graph). With every target -100 the loss is 0/0 = NaN, as F.cross_entropy's
+    # mean is; the train loop refuses such a batch on the CPU before it reaches the device.
     count = (t != IGNORE_INDEX).sum()
-    if count.item() == 0:
-        raise ValueError("every target is -100: no token to take a loss on (check the loss mask)")
     inv_count = 1.0 / count.float()
     with torch.autocast(h.device.type, enabled=False):  # casts below are explicit
         w = weight.to(cdt)                                                       # (V, hd), no copy if same
@@ -59,20 +65,12 @@ def _loss_and_grads(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor, chun
         for start in range(0, h.shape[0], chunk_size):
             hc = h[start:start + chunk_size].to(cdt)                             # (n, hd)
             tc = t[start:start + chunk_size]                                     # (n,)
-            logits = (hc @ w.t()).float()                                        # (n, V) fp32
-            lse = torch.logsumexp(logits, dim=-1)                                # (n,)
-            counted = tc != IGNORE_INDEX                                         # (n,)
-            safe_t = tc.masked_fill(~counted, 0)[:, None]                        # (n, 1) any valid index
-            target_logit = logits.gather(1, safe_t).squeeze(1)                   # (n,)
-            total += torch.where(counted, lse - target_logit, 0.0).sum()
+            # logits = hc @ W.T (n, V), the loss per row and dlogits = (softmax - onehot(target)) / count
+            # (zero rows where target is -100) in cdt, as autograd casts it: kernels/softmax_xent.py
+            losses, dlogits = dispatch.softmax_xent(hc, w, tc, inv_count, need_dh or need_dw)
+            total += losses.sum()
             if not (need_dh or need_dw):
                 continue
-            # d(sum of losses)/d logits = softmax - onehot; / count for the mean; 0 for ignored rows.
-            dlogits = logits.sub_(lse[:, None]).exp_()                           # (n, V) softmax, in place
-            dlogits.scatter_add_(1, safe_t, -counted[:, None].float())           # - onehot(target)
-            dlogits.mul_(torch.where(counted, inv_count, 0.0)[:, None])
-            dlogits = dlogits.to(cdt)                                            # (n, V) as autograd casts it
-            del logits
             if need_dh:
                 dh[start:start + chunk_size] = dlogits @ w                       # (n, hd)
             if need_dw:
@@ -98,13 +96,12 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                                "loss stores its gradients once (use kernels/cross_entropy.py for retain_graph)")
         ctx.used = True
         dh, dw = ctx.saved_tensors
-        # Scale in place: a plain loss.backward() passes 1.0 and nothing is touched; gradient
-        # accumulation (loss / k) scales without a second copy of dW.
-        if not bool(grad_loss == 1):
-            if dh is not None:
-                dh.mul_(grad_loss.to(dh.dtype))
-            if dw is not None:
-                dw.mul_(grad_loss.to(dw.dtype))
+        # Scale in place: gradient accumulation (loss / k) scales without a second copy of dW.
+        # Always, even by 1.0 (exact): testing `grad_loss == 1` on the host would stall the GPU.
+        if dh is not None:
+            dh.mul_(grad_loss.to(dh.dtype))
+        if dw is not None:
+            dw.mul_(grad_loss.to(dw.dtype))
         return dh, dw, None, None, None, None
 
 

@@ -8,6 +8,9 @@ weights (speed and memory do not depend on the values) and time the median stead
 Modes (minift's side):
   fast: no gradient checkpointing, loss in 1,024-token chunks (never the full logits).
   lean: gradient checkpointing, loss in 256-token chunks: the seed chapter's memory tables.
+  +compile: the decoder layers torch.compile'd (Transformer.compile_layers).
+  +graph: forward + backward replayed as one CUDA graph (minift/cuda_graph.py); the optimizer
+          step stays eager.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ MODES = {"fast": dict(grad_ckpt=False, loss_chunk=1024, compile=False),
          "lean": dict(grad_ckpt=True, loss_chunk=256, compile=False),
          "fast+compile": dict(grad_ckpt=False, loss_chunk=1024, compile=True),
          "lean+compile": dict(grad_ckpt=True, loss_chunk=256, compile=True)}
+MODES.update({f"{name}+graph": dict(mode, cuda_graph=True) for name, mode in list(MODES.items())})
+for _mode in MODES.values():
+    _mode.setdefault("cuda_graph", False)
 
 
 @dataclass
@@ -33,30 +39,66 @@ class Row:
     size: str          # "0.5b", "1.5b", "3b", "7b"
     method: str        # "lora", "qlora", "full" (bf16 params + fp32 Adam m, v: the seed's assumption)
     mode: str          # "fast" or "lean" (minift); the anchor runs with checkpointing in lean rows
+    lora_compute: str = "fp32"  # the adapters' matmul dtype (LoRALinear.compute_dtype): "fp32" (peft's
+                                # default) or "bf16" (as under autocast; then the anchor runs both ways)
     batch: int = 4
     seq: int = 1024
 
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: one of {', '.join(MODES)}")
+        if self.lora_compute not in ("fp32", "bf16"):
+            raise ValueError(f"lora_compute must be 'fp32' or 'bf16', got {self.lora_compute!r}")
 
-def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, steps: int = 8,
-                        device="cuda", dtype="bfloat16", grad_ckpt=False, loss_chunk=1024,
-                        lora_r: int = 16, compile: bool = False) -> dict:
-    """Build a random-weight model for `method`, run `steps` forward/backward/AdamW steps on random
-    tokens, return peak memory (torch.cuda.max_memory_allocated) and the median steady step time."""
+
+def training_step(cfg: ModelConfig, method: str, *, device="cuda", dtype="bfloat16", grad_ckpt=False,
+                  loss_chunk=1024, lora_r: int = 16, compile: bool = False, cuda_graph: bool = False,
+                  lora_compute: str = "fp32"):
+    """A random-weight model for `method` and a function step(ids, targets) -> loss that runs one
+    forward/backward/AdamW step on it, as the benchmark times it."""
     from minift.device import resolve_dtype
     from minift.measure import build_model
     from minift.optim import AdamW, param_groups
 
     device = torch.device(device)
-    dt = resolve_dtype(dtype, device)
-    model = build_model(cfg, method, device, dt, lora_r=lora_r)
+    model = build_model(cfg, method, device, resolve_dtype(dtype, device), lora_r=lora_r,
+                        lora_compute_dtype=torch.bfloat16 if lora_compute == "bf16" else None)
     model.gradient_checkpointing = grad_ckpt
     model.loss_chunk_size = loss_chunk
     if compile:
         model.compile_layers()
     opt = AdamW(param_groups(model, 0.0), lr=1e-5)
+    if cuda_graph:
+        from minift.cuda_graph import GraphedStep
+        forward_backward = GraphedStep(model)
+    else:
+        def forward_backward(input_ids, targets):
+            loss = model(input_ids, targets)
+            loss.backward()
+            return loss
+
+    def step(ids, targets):
+        loss = forward_backward(input_ids=ids, targets=targets)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return model, step
+
+
+def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, steps: int = 8,
+                        device="cuda", dtype="bfloat16", grad_ckpt=False, loss_chunk=1024,
+                        lora_r: int = 16, compile: bool = False, cuda_graph: bool = False,
+                        lora_compute: str = "fp32") -> dict:
+    """Build a random-weight model for `method`, run `steps` forward/backward/AdamW steps on random
+    tokens, return peak memory (torch.cuda.max_memory_allocated) and the median steady step time."""
+    device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
     static = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    model, step = training_step(cfg, method, device=device, dtype=dtype, grad_ckpt=grad_ckpt,
+                                loss_chunk=loss_chunk, lora_r=lora_r, compile=compile, cuda_graph=cuda_graph,
+                                lora_compute=lora_compute)
+    sync()
+    static = (torch.cuda.memory_allocated() - static) if device.type == "cuda" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -66,9 +108,7 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
         targets = ids.roll(-1, dims=1)
         sync()
         t0 = time.perf_counter()
-        model(ids, targets).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step(ids, targets)
         sync()
         times.append(time.perf_counter() - t0)
     steady = sorted(times[2:])[len(times[2:]) // 2]
@@ -81,10 +121,10 @@ def run_minift_row(row: Row, timeout: float = 600) -> dict:
     return _run([sys.executable, "-m", "minift.bench"], json.dumps(spec), timeout)
 
 
-def run_anchor_row(row: Row, anchor_script: str, timeout: float = 600) -> dict:
+def run_anchor_row(row: Row, anchor_script: str, autocast: bool = False, timeout: float = 600) -> dict:
     cmd = [sys.executable, anchor_script, "--size", row.size, "--method", row.method,
            "--batch", str(row.batch), "--seq", str(row.seq)] + (["--grad-ckpt"] if MODES[row.mode]["grad_ckpt"] else [])
-    return _run(cmd, None, timeout)
+    return _run(cmd + (["--autocast"] if autocast else []), None, timeout)
 
 
 def _run(cmd, stdin, timeout) -> dict:
@@ -103,20 +143,31 @@ def _run(cmd, stdin, timeout) -> dict:
 
 def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]:
     """Each row on both sides (minift only when anchor_script is None); one dict per row with
-    the ratios and minift's MFU."""
+    the ratios and minift's MFU. A row whose adapters compute in bf16 runs the anchor twice,
+    plain (peft's fp32 adapter math) and under bf16 autocast (the same math as minift's); the
+    speed ratio is against the faster of the two and the memory ratio against the smaller peak."""
     from minift import flops
     results = []
     for row in rows:
         ours = run_minift_row(row)
-        theirs = run_anchor_row(row, anchor_script) if anchor_script else {"error": "not run"}
-        r = dict(asdict(row), minift=ours, anchor=theirs)
+        r = dict(asdict(row), minift=ours)
+        anchors = []
+        if anchor_script:
+            r["anchor"] = run_anchor_row(row, anchor_script)
+            anchors.append(r["anchor"])
+            if row.lora_compute == "bf16":
+                r["anchor_autocast"] = run_anchor_row(row, anchor_script, autocast=True)
+                anchors.append(r["anchor_autocast"])
+        else:
+            r["anchor"] = {"error": "not run"}
         if "error" not in ours:
             cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
             fpt = flops.flops_per_token(cfg, row.method, row.seq, grad_ckpt=MODES[row.mode]["grad_ckpt"]).model
             r["minift_mfu"] = ours["tok_per_s"] * fpt / flops.H200_BF16_FLOPS
-            if "error" not in theirs:
-                r["speed_ratio"] = ours["tok_per_s"] / theirs["tok_per_s"]
-                r["memory_ratio"] = ours["peak_bytes"] / theirs["peak_bytes"]
+            ok = [a for a in anchors if "error" not in a]
+            if ok:
+                r["speed_ratio"] = ours["tok_per_s"] / max(a["tok_per_s"] for a in ok)
+                r["memory_ratio"] = ours["peak_bytes"] / min(a["peak_bytes"] for a in ok)
         results.append(r)
         log(format_row(r))
     return results
@@ -127,23 +178,31 @@ TABLE_HEADER = ("| model | method | minift mode (anchor) | minift peak GB | anch
 
 
 def format_row(r: dict) -> str:
+    """One markdown row; with two anchors each anchor cell reads 'plain / autocast'."""
     def gb(side):
         return f"{side['peak_bytes'] / 1e9:.2f}" if "peak_bytes" in side else side.get("error", "?")[:60]
 
     def tps(side):
         return f"{side['tok_per_s']:,.0f}" if "tok_per_s" in side else "-"
+    anchors = [r["anchor"]] + ([r["anchor_autocast"]] if "anchor_autocast" in r else [])
     anchor_mode = "grad ckpt" if r["mode"].startswith("lean") else "no ckpt"
+    if len(anchors) == 2:
+        anchor_mode += "; plain / autocast"
+    mode = r["mode"] + (", bf16 adapters" if r.get("lora_compute") == "bf16" else "")
     ratio = f"{r['speed_ratio']:.2f}" if "speed_ratio" in r else "-"
     mfu = f"{100 * r['minift_mfu']:.1f}%" if "minift_mfu" in r else "-"
-    return (f"| {r['size']} | {r['method']} | {r['mode']} ({anchor_mode}) | {gb(r['minift'])} | {gb(r['anchor'])} | "
-            f"{tps(r['minift'])} | {tps(r['anchor'])} | {ratio} | {mfu} |")
+    return (f"| {r['size']} | {r['method']} | {mode} ({anchor_mode}) | {gb(r['minift'])} | "
+            f"{' / '.join(gb(a) for a in anchors)} | {tps(r['minift'])} | {' / '.join(tps(a) for a in anchors)} | "
+            f"{ratio} | {mfu} |")
 
 
 def _child_main() -> None:
     spec = json.loads(sys.stdin.read())
     cfg = ModelConfig.preset(f"qwen2.5-{spec['size']}")
     out = time_training_steps(cfg, spec["method"], spec["batch"], spec["seq"], grad_ckpt=spec["grad_ckpt"],
-                              loss_chunk=spec["loss_chunk"], compile=spec["compile"], steps=spec.get("steps", 8))
+                              loss_chunk=spec["loss_chunk"], compile=spec["compile"],
+                              cuda_graph=spec["cuda_graph"], lora_compute=spec.get("lora_compute", "fp32"),
+                              steps=spec.get("steps", 8))
     print(json.dumps(dict(spec, side="minift", **out)), flush=True)
 
 

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from minift.kernels import matvec
 from minift.model import KVCache
 
 logger = logging.getLogger(__name__)
@@ -97,13 +98,36 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalt
 
 
 # ---------------------------------------------------------------------- the decoding loop
+# Note: when the compiled CPU decode kernels pay (fast_matvec=None, "auto"). kernels/matvec.py
+# makes each decode step ~1.6-2x faster on CPU, but building its kernels costs ~4.5 s once per
+# process (~20 s the very first time on a machine, while gcc fills TorchInductor's cache).
+# Measured for Qwen2.5-0.5B on a 2-core EPYC (scripts/bench_generate.py): a token takes ~200 ms
+# -> ~95 ms in fp32 (2 GB of weights read per token) and ~100 ms -> ~62 ms in bf16 (1 GB), so the
+# 4.5 s come back after ~45 tokens in fp32 and ~120 in bf16, and every later call in the process
+# is faster from its first token. A 40 MB model like tiny-10m saves ~2 ms a token and would need
+# thousands. So "auto" compiles for CPU models of at least FAST_MATVEC_MIN_BYTES of parameters;
+# True/False decide outright.
+FAST_MATVEC_MIN_BYTES = 512 * 2**20
+
+
+def use_fast_matvec(model, fast_matvec: bool | None = None) -> bool:
+    """Whether generate decodes through kernels/matvec.py (the Note above)."""
+    if fast_matvec is not None:
+        return bool(fast_matvec)
+    params = list(model.parameters())
+    on_cpu = bool(params) and params[0].device.type == "cpu"
+    return on_cpu and sum(p.numel() * p.element_size() for p in params) >= FAST_MATVEC_MIN_BYTES
+
+
 def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                eos_token_ids: Sequence[int] | None = (), min_new_tokens: int = 0,
-               seed: int | None = None) -> Iterator[int]:
+               seed: int | None = None, fast_matvec: bool | None = None) -> Iterator[int]:
     """Yield new token ids one at a time. input_ids (1, T) on the model's device. Stops after an
     eos id (which is yielded) or max_new_tokens. min_new_tokens forbids eos before that many
-    tokens (transformers' MinNewTokensLength rule; benchmarks use it to fix the length)."""
+    tokens (transformers' MinNewTokensLength rule; benchmarks use it to fix the length).
+    fast_matvec: run the decode steps' projections through the compiled CPU matrix-vector kernel
+    (kernels/matvec.py; same ids in fp32, results equal to rounding); None = auto (the Note above)."""
     _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens)
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must have shape (1, T) (batch 1), got {tuple(input_ids.shape)}")
@@ -133,10 +157,12 @@ def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temp
 
     # The model runs under inference_mode (no autograd records), but never across a `yield`:
     # grad mode is per thread, and the caller's code runs while this generator is suspended.
+    # The same goes for matvec.enabled (kernels/dispatch.linear's switch for the CPU kernel).
+    fast = use_fast_matvec(model, fast_matvec)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), matvec.enabled(fast):
             # Note: the cache is allocated once for the whole answer: 2 (k, v) x layers x n_kv x
             # head_dim x (T + max_new_tokens) values; for Qwen2.5-0.5B in bf16, 2 x 24 x 2 x 64 x 2
             # bytes = 12 KiB per position, so 4096 positions cost 48 MiB. Preallocating avoids a
@@ -153,7 +179,7 @@ def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temp
             yield token
             if token in eos_set or step == max_new_tokens - 1:
                 return
-            with torch.inference_mode():
+            with torch.inference_mode(), matvec.enabled(fast):
                 seen = torch.cat([seen, next_id], dim=1)
                 logits = model(next_id, cache=cache, logits_to_keep=1)[:, -1]  # decode: (1, V)
                 next_id = pick(logits, seen, step + 1)
@@ -223,7 +249,7 @@ def encode_prompt(tokenizer, prompt: str | list[dict] | list[int] | torch.Tensor
 def generate_stream(model, tokenizer, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                     eos_token_ids: Sequence[int] | None = None, min_new_tokens: int = 0,
-                    seed: int | None = None) -> Iterator[tuple[int, str]]:
+                    seed: int | None = None, fast_matvec: bool | None = None) -> Iterator[tuple[int, str]]:
     """Yield (token_id, text_delta) per generated token; the deltas join to the generated text
     (eos ids are not decoded; special tokens are skipped)."""
     eos = list(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
@@ -233,7 +259,7 @@ def generate_stream(model, tokenizer, prompt, *, max_new_tokens: int = 64, tempe
     n = 0
     for token in stream_ids(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, repetition_penalty=repetition_penalty, eos_token_ids=eos,
-                            min_new_tokens=min_new_tokens, seed=seed):
+                            min_new_tokens=min_new_tokens, seed=seed, fast_matvec=fast_matvec):
         n += 1
         last = token in eos or n == max_new_tokens
         delta = "" if token in eos else decoder.push(token)
@@ -246,18 +272,20 @@ def generate(model, tokenizer, prompt: str | list[dict] | list[int], max_new_tok
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              repetition_penalty: float = 1.0, eos_token_ids: Sequence[int] | None = None,
              stream: Callable[[str], None] | None = None, seed: int | None = None,
-             min_new_tokens: int = 0) -> str:
+             min_new_tokens: int = 0, fast_matvec: bool | None = None) -> str:
     """The new text for one prompt (batch 1).
 
     prompt: a string, chat messages (rendered with the chat template and an assistant prompt),
     or token ids. temperature 0 is greedy; seed makes sampling reproducible. eos_token_ids
     defaults to the tokenizer's list (generation_config + tokenizer_config). stream, if given, is
-    called with each piece of text as soon as it is complete UTF-8."""
+    called with each piece of text as soon as it is complete UTF-8. fast_matvec: the compiled CPU
+    decode kernels (stream_ids; None = auto: on for CPU models of 512 MiB and more, which costs
+    ~4.5 s once per process)."""
     pieces = []
     for _, delta in generate_stream(model, tokenizer, prompt, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_k=top_k, top_p=top_p,
                                     repetition_penalty=repetition_penalty, eos_token_ids=eos_token_ids,
-                                    min_new_tokens=min_new_tokens, seed=seed):
+                                    min_new_tokens=min_new_tokens, seed=seed, fast_matvec=fast_matvec):
         if delta:
             pieces.append(delta)
             if stream is not None:

@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from minift import safeio
 from minift.quant import Linear4bit
@@ -88,6 +89,16 @@ class LoRALinear(nn.Module):
     adapter_dtype: dtype of A and B. fp32 by default even over a bf16 base, as peft does
       (autocast_adapter_dtype=True): Adam's tiny updates to A and B survive in fp32 and the
       adapter is under 1% of the parameters. None keeps the base's (compute) dtype.
+    compute_dtype: the dtype the adapter's two matmuls run in. None (default): the adapter's own,
+      peft's plain behaviour, so an fp32 adapter over a bf16 base computes in fp32. torch.bfloat16:
+      x, A and B are cast to bf16 for the matmuls (fp32 accumulation inside them), as peft computes
+      under torch.autocast(bf16), i.e. HF Trainer's bf16=True. A and B stay fp32 for the optimizer.
+
+    Note (compute_dtype, speed): GPUs have no tensor cores for fp32 matmuls (unless TF32 is
+    switched on), so fp32 adapter math runs on the CUDA cores and costs a copy of every adapted
+    input in fp32: on an H200, 7B QLoRA spends about a quarter of its step there (a profile by
+    scripts/profile_step.py). In bf16 the adapters take a few percent, and they keep no fp32 copy
+    of their input for backward (the activations of bf16 adapters: see minift/memory.py).
 
     Note (dtypes in forward): x is cast to the adapter's dtype, the update is computed there,
     added to base(x) in the wider of the two dtypes, and the sum is cast back to base(x)'s dtype:
@@ -98,7 +109,8 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, init: bool | str = "default",
-                 adapter_dtype: torch.dtype | None = torch.float32):
+                 adapter_dtype: torch.dtype | None = torch.float32,
+                 compute_dtype: torch.dtype | None = None):
         super().__init__()
         if not _is_linear(base_layer):
             raise TypeError(f"LoRALinear wraps nn.Linear or Linear4bit, not {type(base_layer).__name__}")
@@ -108,6 +120,7 @@ class LoRALinear(nn.Module):
         self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
         self.merged = False
+        self.compute_dtype = compute_dtype
         self._original_base: list[nn.Module] = []  # a 4-bit base kept by merge(keep_original=True)
 
         device = _device_of(base_layer)
@@ -140,8 +153,13 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)                                            # (..., out)
         if self.merged:
             return y  # B@A*scaling is already inside W
-        a = self.lora_A.weight
-        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))  # (..., r) -> (..., out)
+        if self.compute_dtype is None:
+            a = self.lora_A.weight
+            update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))  # (..., r) -> (..., out)
+        else:
+            cd = self.compute_dtype  # autocast's casts, written out: the fp32 weights stay the parameters
+            xa = F.linear(self.lora_dropout(x.to(cd)), self.lora_A.weight.to(cd))     # (..., r)
+            update = F.linear(xa, self.lora_B.weight.to(cd))                          # (..., out)
         return (y + update * self.scaling).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
@@ -238,13 +256,16 @@ def find_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
 # ---------------------------------------------------------------------- add
 def add_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 0.0,
              targets: str | list[str] = "all-linear", use_rslora: bool = False, bias: str = "none",
-             init: bool | str = "default", adapter_dtype: torch.dtype | None = torch.float32) -> nn.Module:
+             init: bool | str = "default", adapter_dtype: torch.dtype | None = torch.float32,
+             compute_dtype: torch.dtype | None = None) -> nn.Module:
     """Wrap the target linears in LoRALinear (in place), freeze everything else, return the model.
 
     targets: "all-linear" (every linear but lm_head), a list of names (exact, or a dotted suffix
       such as "q_proj"), or a regex string that must match the full module name (peft's rules).
     bias: "none" (no bias trains), "all" (every bias in the model trains), "lora_only" (the biases
       of the adapted layers train); peft's option of the same name, saved with the adapter.
+    adapter_dtype, compute_dtype: see LoRALinear (compute_dtype=torch.bfloat16 is the fast choice
+      on a GPU; it is a runtime choice and is not saved with the adapter).
     """
     if getattr(model, "lora_config", None) is not None or any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("this model already has LoRA adapters; minift holds one adapter per model. "
@@ -263,7 +284,7 @@ def add_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         wrapped = LoRALinear(getattr(parent, leaf), r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
-                             init=init, adapter_dtype=adapter_dtype)
+                             init=init, adapter_dtype=adapter_dtype, compute_dtype=compute_dtype)
         setattr(parent, leaf, wrapped)
     for module in model.modules():
         if isinstance(module, LoRALinear):
@@ -560,7 +581,8 @@ def _read_adapter_tensors(adapter_dir: str) -> dict[str, torch.Tensor]:
 
 
 def load_adapter(model: nn.Module, adapter_dir: str, trainable: bool = False,
-                 adapter_dtype: torch.dtype | None = torch.float32) -> nn.Module:
+                 adapter_dtype: torch.dtype | None = torch.float32,
+                 compute_dtype: torch.dtype | None = None) -> nn.Module:
     """Attach the adapter in adapter_dir (saved by save_adapter or by peft) to `model` and return it.
 
     Everything is checked before the model is touched: each tensor key must name an adapted layer
@@ -568,6 +590,7 @@ def load_adapter(model: nn.Module, adapter_dir: str, trainable: bool = False,
     A and B, and A's rank must be the config's r. The model is then wrapped with add_lora using the
     file's r, lora_alpha, target_modules, use_rslora and bias, and the tensors copied in.
     trainable=False (peft's default, is_trainable=False) leaves every parameter frozen: inference.
+    adapter_dtype, compute_dtype: as for add_lora.
     """
     config = read_adapter_config(adapter_dir)
     tensors = _read_adapter_tensors(adapter_dir)
@@ -621,7 +644,8 @@ def load_adapter(model: nn.Module, adapter_dir: str, trainable: bool = False,
 
     # init only decides the values the file then overwrites; the config keeps the file's setting.
     add_lora(model, r=config.r, alpha=config.alpha, dropout=config.dropout, targets=config.targets,
-             use_rslora=config.use_rslora, bias=config.bias, init="default", adapter_dtype=adapter_dtype)
+             use_rslora=config.use_rslora, bias=config.bias, init="default", adapter_dtype=adapter_dtype,
+             compute_dtype=compute_dtype)
     model.lora_config.init = config.init
     params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():

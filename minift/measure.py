@@ -158,7 +158,8 @@ def _cpu_allocator_peak(fn, t0) -> Peak:
 
 # ====================================================================== a real training step
 def build_model(cfg: ModelConfig, method: str, device, dtype, *, lora_r: int = 16,
-                lora_targets="all-linear", adapter_dtype=torch.float32, blocksize: int = 64,
+                lora_targets="all-linear", adapter_dtype=torch.float32,
+                lora_compute_dtype: torch.dtype | None = None, blocksize: int = 64,
                 double_quant: bool = True, seed: int = 0):
     """A random-weight minift model of `cfg`, made ready for `method` (memory does not depend
     on the values). LoRA and NF4 are imported only when asked for."""
@@ -177,7 +178,8 @@ def build_model(cfg: ModelConfig, method: str, device, dtype, *, lora_r: int = 1
         quant.quantize_model(model, blocksize=blocksize, double_quant=double_quant)
     if method in ("lora", "qlora"):
         from minift import lora
-        lora.add_lora(model, r=lora_r, alpha=2 * lora_r, targets=lora_targets, adapter_dtype=adapter_dtype)
+        lora.add_lora(model, r=lora_r, alpha=2 * lora_r, targets=lora_targets, adapter_dtype=adapter_dtype,
+                      compute_dtype=lora_compute_dtype)
     if method == "inference":
         model.eval()
         for p in model.parameters():
@@ -217,7 +219,7 @@ def run_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, step
                        device="cpu", dtype="bfloat16", grad_ckpt: bool = False, *, lora_r: int = 16,
                        lora_targets="all-linear", master_weights: bool = False, how: str = "auto",
                        loss_chunk: int = 1024, kv_cache_len: int | None = None,
-                       foreach: bool | None = None) -> StepMeasurement:
+                       foreach: bool | None = None, lora_compute_dtype: str | None = None) -> StepMeasurement:
     """Build the model on `device`, run `steps` real forward/backward/AdamW steps (or one
     no-grad prefill for method="inference") and return the peak over all of them.
 
@@ -231,7 +233,8 @@ def run_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, step
 
     device = torch.device(device)
     dt = resolve_dtype(dtype, device)
-    model = build_model(cfg, method, device, dt, lora_r=lora_r, lora_targets=lora_targets)
+    model = build_model(cfg, method, device, dt, lora_r=lora_r, lora_targets=lora_targets,
+                        lora_compute_dtype=getattr(torch, lora_compute_dtype) if lora_compute_dtype else None)
     model.gradient_checkpointing = grad_ckpt
     model.loss_chunk_size = loss_chunk
     optimizer = None

@@ -453,7 +453,8 @@ def _weights(cfg, method, s, blocksize, double_quant, targets) -> "OrderedDict[s
 
 def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype: str = "bfloat16",
              grad_ckpt: bool = False, lora_r: int = 16, lora_targets="all-linear",
-             adapter_dtype: str = "float32", master_weights: bool = False,
+             adapter_dtype: str = "float32", lora_compute_dtype: str | None = None,
+             master_weights: bool = False,
              optimizer_state_dtype: str = "float32", loss: str = "chunked", loss_chunk: int = 1024,
              blocksize: int = 64, double_quant: bool = True, kv_cache_len: int | None = None,
              device: str = "cuda", kernels: str = "auto", foreach="auto") -> MemoryEstimate:
@@ -467,6 +468,9 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     kernels: "auto" (Triton on CUDA, the reference elsewhere, as kernels/dispatch.py picks),
       or force "triton" / "reference" (MINIFT_KERNELS). They save different tensors.
     foreach: AdamW's foreach path ("auto": on for CUDA, as minift.optim.AdamW does).
+    lora_compute_dtype: LoRALinear's compute_dtype (None: the adapter's own dtype). The adapter's
+      activations are those of its compute dtype (bf16 math saves the bf16 input it shares with
+      the base, no fp32 copy); its parameters, grads and Adam states those of adapter_dtype.
     device: "cuda" (the target) or "cpu"/"mps": on CPU a mixed-dtype add copies its bf16 input
       to fp32 first, one more temporary in the LoRA forward (see _layer)."""
     if method not in METHODS:
@@ -491,6 +495,7 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
                          f"optimizer_state_dtype={optimizer_state_dtype!r} is not what it does")
     s = _bytes_of(param_dtype, "param_dtype")
     a = _bytes_of(adapter_dtype, "adapter_dtype") if adapter_dtype is not None else s
+    ac = _bytes_of(lora_compute_dtype, "lora_compute_dtype") if lora_compute_dtype is not None else a
     if method == "qlora" and s == 4:
         raise ValueError("qlora: the NF4 base computes in bf16 here (param_dtype='bfloat16'); "
                          "fp32 QLoRA is not a configuration minift measures")
@@ -533,7 +538,7 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     # ------------------------------------------------------------------ activations
     layers, x_grad = [], method in TRAIN_BASE
     for i in range(L):
-        lay = _layer(cfg, n, batch, seq, s, a, method, targets, lora_r, x_grad, i == 0, cpu, triton)
+        lay = _layer(cfg, n, batch, seq, s, ac, method, targets, lora_r, x_grad, i == 0, cpu, triton)
         layers.append(lay)
         x_grad = lay.out_grad
     mid = layers[min(1, L - 1)]
@@ -564,8 +569,13 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     # place and cast to s (s*cV beside the 4cV). The final norm's output (s*n*h) is alive meanwhile.
     # From the second chunk on, the previous chunk's `dlogits` (s*cV; with fp32 it is the logits
     # buffer itself, 4cV) is still bound to its name while the next logits are made.
+    # With Triton (kernels/softmax_xent.py, CUDA) the loss and dlogits are computed in registers and
+    # dlogits is written over the logits: the chunk's logits (s*cV) are all it needs.
     c = min(loss_chunk, n)
-    chunk = max(8 * c * V, (s * c * V + 4 * c * V) if s != 4 else 0, (4 * c * V + s * c * V) if s != 4 else 0)
+    if triton:
+        chunk = s * c * V
+    else:
+        chunk = max(8 * c * V, (s * c * V + 4 * c * V) if s != 4 else 0, (4 * c * V + s * c * V) if s != 4 else 0)
     if n > c:
         chunk += s * c * V
     est.loss = chunk

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minift.config import ModelConfig
-from minift.kernels import linear_cross_entropy_fused, dispatch
+from minift.kernels import linear_cross_entropy_fused, dispatch, matvec
 
 
 class RMSNorm(nn.Module):
@@ -71,6 +71,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return dispatch.apply_rope(x, cos, sin)
 
 
+def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) for a projection (q/k/v/o, gate/up/down, the head).
+
+    Inside minift.generate's decode steps (kernels.matvec.enabled()) a plain nn.Linear without
+    hooks computes through kernels/dispatch.linear, which on CPU runs one decoded token's
+    matrix-vector product as a compiled loop that streams the weight ~2x faster than F.linear
+    (kernels/matvec.py); it is F.linear everywhere else. Anything else standing in for a
+    projection (LoRALinear, Linear4bit) runs its own forward, and so does everything outside
+    generate: training and plain forward passes are nn.Module calls as before."""
+    if (matvec.is_enabled() and type(layer) is nn.Linear
+            and not (layer._forward_hooks or layer._forward_pre_hooks)):
+        return dispatch.linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 class KVCache:
     """Keys and values of every layer for decoding, preallocated to max_len.
 
@@ -107,9 +122,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
+        q = project(self.q_proj, x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = project(self.k_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
+        v = project(self.v_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                         # (B, nkv, S, hd), S = past + T
@@ -121,7 +136,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd)              # (B, T, nh*hd)
-        return self.o_proj(y)
+        return project(self.o_proj, y)
 
 
 def eager_attention(q, k, v, mask):
@@ -152,7 +167,8 @@ class MLP(nn.Module):
     def forward(self, x):
         # dispatch.swiglu(gate, up) = F.silu(gate) * up (kernels/swiglu.py; on CUDA a fused kernel
         # whose backward saves gate and up only)
-        return self.down_proj(dispatch.swiglu(self.gate_proj(x), self.up_proj(x)))
+        gate, up = project(self.gate_proj, x), project(self.up_proj, x)         # (B, T, f) each
+        return project(self.down_proj, dispatch.swiglu(gate, up))
 
 
 class DecoderLayer(nn.Module):
@@ -233,11 +249,16 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)                                    # (B, T, h)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)                   # (B, T, hd) each
         mask = attention_mask(T, past, segment_ids, input_ids.device)             # None or (B|1, 1, T, S)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        # Saving and restoring the RNG state is only needed to redraw dropout masks identically in
+        # the recomputation; without active dropout it is skipped (it would also read the CUDA RNG
+        # state, which is not allowed while a CUDA graph is being captured: minift/cuda_graph.py).
+        keep_rng = ckpt and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.model.layers.modules())
         for layer in self.model.layers:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if ckpt:
                 # Note: gradient checkpointing keeps only each layer's input and recomputes the rest
                 # in backward: activations fall from ~tens of sbh bytes per layer to 2sbh.
-                x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False, preserve_rng_state=keep_rng)
             else:
                 x = layer(x, cos, sin, mask, cache)
         if cache is not None:
@@ -260,7 +281,7 @@ class Transformer(nn.Module):
                                                                    chunk_size=self.loss_chunk_size)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(x)                                                    # (B, T, vocab)
+        return project(self.lm_head, x)                                           # (B, T, vocab)
 
     def compile_layers(self, **options) -> None:
         """torch.compile each decoder layer in place. The layers are one class, so they share one

@@ -62,6 +62,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from minift import safeio
+from minift.cuda_graph import GraphedStep
 from minift.device import bf16_supported
 from minift.optim import AdamW, lr_at, param_groups, set_lr
 
@@ -101,6 +102,8 @@ class TrainConfig:
     log_every: int = 10                  # steps between logger.info lines
     max_nan_skips: int = 0               # non-finite steps to skip (no update) before TrainingDiverged
     progress: bool = True                # tqdm progress bar
+    cuda_graph: bool = False             # CUDA only: replay forward + backward as one CUDA graph (minift/cuda_graph.py);
+                                         # needs grad_accum 1 and every batch the same shape
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
@@ -121,6 +124,9 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         self.betas = tuple(self.betas)
+        if self.cuda_graph and self.grad_accum != 1:
+            raise ValueError("TrainConfig.cuda_graph replays one micro-batch's backward, which overwrites the "
+                             f"gradients; it needs grad_accum=1 (got {self.grad_accum}): raise the batch size instead")
 
 
 @dataclass
@@ -169,6 +175,11 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
     params = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if cfg.precision == "bf16-autocast" else contextlib.nullcontext())
+    graphed = None
+    if cfg.cuda_graph:
+        if device.type != "cuda":
+            raise ValueError(f"TrainConfig.cuda_graph needs a CUDA device; the model is on {device}")
+        graphed = GraphedStep(model, autocast=autocast)
     has_data_state = hasattr(train_batches, "state_dict") and hasattr(train_batches, "load_state_dict")
     val_state = val_batches.state_dict() if val_batches is not None and hasattr(val_batches, "state_dict") else None
 
@@ -221,6 +232,9 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
             step_loss = torch.zeros((), device=device)
             for batch, n in zip(micro, counts):
                 if n == 0:
+                    continue
+                if graphed is not None:   # grad_accum is 1: the weight n / n_total is 1
+                    step_loss += graphed(**_model_inputs(batch, device))
                     continue
                 with autocast:
                     loss = model(**_model_inputs(batch, device))              # () mean over n tokens

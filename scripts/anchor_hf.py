@@ -9,7 +9,10 @@ with double quantization and bf16 compute, full = bf16 parameters with fp32 Adam
 seed chapter's assumption; torch has no such optimizer for bf16 parameters, so minift's AdamW
 serves both sides there); LoRA and QLoRA step with torch's fused AdamW, as a HF user would.
 Peak = torch.cuda.max_memory_allocated over the steps; tok/s = median of the steady steps.
+--autocast runs the forward under torch.autocast(bf16), as HF Trainer's bf16=True does: peft's
+fp32 adapters then compute in bf16 (minift's LoRALinear compute_dtype=torch.bfloat16).
 """
+import contextlib
 import argparse
 import json
 import time
@@ -61,6 +64,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--autocast", action="store_true", help="forward under torch.autocast(bf16)")
     a = ap.parse_args()
     device = torch.device("cuda")
     model = build_hf(a.size, device)
@@ -83,6 +87,7 @@ def main():
     static = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     x = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext()
     times = []
     for _ in range(a.steps):
         torch.cuda.synchronize()
@@ -91,13 +96,16 @@ def main():
             with torch.no_grad():
                 model(input_ids=x, logits_to_keep=1)
         else:
-            model(input_ids=x, labels=x).loss.backward()
+            with autocast:
+                loss = model(input_ids=x, labels=x).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     steady = sorted(times[2:])[len(times[2:]) // 2]
-    print(json.dumps(dict(side="hf+peft" + ("+bnb" if a.method == "qlora" else ""), size=a.size, method=a.method,
+    side = "hf+peft" + ("+bnb" if a.method == "qlora" else "") + (" (autocast)" if a.autocast else "")
+    print(json.dumps(dict(side=side, size=a.size, method=a.method, autocast=a.autocast,
                           grad_ckpt=a.grad_ckpt, batch=a.batch, seq=a.seq, static_bytes=static,
                           peak_bytes=torch.cuda.max_memory_allocated(), step_s=steady,
                           tok_per_s=a.batch * a.seq / steady)), flush=True)

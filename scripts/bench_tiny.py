@@ -2,6 +2,7 @@
 
     python scripts/bench_tiny.py                 # this machine's best device (CPU here)
     python scripts/bench_tiny.py --device cuda   # on a GPU, with MFU against 790 TFLOP/s
+    python scripts/bench_tiny.py --device cuda --cuda-graph   # minift's loop with TrainConfig(cuda_graph=True)
 
 Both sides train the same `tiny-10m` model from the same initial weights on the same random
 batches: minift.train.train (minift's AdamW, clipping, token-weighted loss, fused chunked loss)
@@ -62,6 +63,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cuda-graph", action="store_true", help="minift's loop replays forward + backward as a CUDA graph")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     a = ap.parse_args()
     device = pick_device(a.device)
@@ -87,7 +89,8 @@ def main():
             t_last[0] = now
 
     train(model, batches, None, TrainConfig(steps=a.steps, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, clip=1.0,
-                                            precision=precision, progress=False, log_every=10 ** 9),
+                                            precision=precision, progress=False, log_every=10 ** 9,
+                                            cuda_graph=a.cuda_graph),
           callbacks=[on_step])
     plain_times = plain_loop(twin, batches, 1e-3, autocast)
 
@@ -97,10 +100,12 @@ def main():
     fpt = flops.flops_per_token(cfg, "full", a.seq).model
     name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     row = dict(date=str(datetime.date.today()), device=name, torch=torch.__version__, batch=a.batch, seq=a.seq,
-               minift_tok_s=ours, plain_tok_s=plain, ratio=ours / plain, precision=precision)
+               minift_tok_s=ours, plain_tok_s=plain, ratio=ours / plain, precision=precision,
+               cuda_graph=a.cuda_graph)
     if cuda:
         row.update(minift_mfu=ours * fpt / flops.H200_BF16_FLOPS, plain_mfu=plain * fpt / flops.H200_BF16_FLOPS)
-    print(f"{row['date']} {name}, torch {torch.__version__}, tiny-10m, batch {a.batch} x {a.seq}, {precision}")
+    print(f"{row['date']} {name}, torch {torch.__version__}, tiny-10m, batch {a.batch} x {a.seq}, {precision}"
+          + (", minift with cuda_graph" if a.cuda_graph else ""))
     print(f"minift train loop: {ours:,.0f} tok/s   plain PyTorch loop: {plain:,.0f} tok/s   ratio {ours / plain:.2f}"
           + (f"   MFU {100 * row['minift_mfu']:.1f}% vs {100 * row['plain_mfu']:.1f}%" if cuda else ""))
     if a.out:

@@ -6,6 +6,10 @@
 Rows (batch 4 x 1024, LoRA r=16 on all seven projections, Qwen2.5 architectures, random weights):
   fast+compile: minift without checkpointing, decoder layers torch.compile'd (Transformer.compile_layers)
                 vs HF+peft without checkpointing (eager, as peft users run it)
+  +graph:       forward + backward replayed as one CUDA graph (minift/cuda_graph.py)
+  bf16 (4th field of --row): the adapters' matmuls in bf16 (fp32 weights), as peft under autocast;
+                the anchor then runs twice, plain and under torch.autocast(bf16), and the speed
+                ratio is against the faster of the two
   lean: minift eager with checkpointing and a 256-token loss chunk vs HF+peft with checkpointing
 Writes results.json and table.md under --out and prints the table.
 """
@@ -24,19 +28,24 @@ ROWS = {
     # issue: LoRA/QLoRA by hand -> scripts/bench_lora.py runs these
     "lora": [Row("0.5b", "lora", "fast+compile"), Row("0.5b", "qlora", "fast+compile"),
              Row("7b", "lora", "fast+compile"), Row("7b", "qlora", "fast+compile")],
-    # issue: kernels and speed
-    "fast": [Row("0.5b", "lora", "fast+compile"), Row("7b", "qlora", "fast+compile")],
+    # issue: kernels and speed. bf16 adapter math (LoRALinear compute_dtype), so each row also runs
+    # the anchor under autocast (the same math) and the ratio is against the faster anchor.
+    "fast": [Row("0.5b", "lora", "fast+compile+graph", "bf16"), Row("7b", "qlora", "fast+compile+graph", "bf16")],
     "eager": [Row("0.5b", "lora", "fast"), Row("7b", "qlora", "fast")],
     "lean": [Row("0.5b", "lora", "lean"), Row("7b", "lora", "lean"), Row("7b", "qlora", "lean"),
              Row("0.5b", "full", "lean"), Row("0.5b", "lora", "lean+compile")],
 }
-ROWS["all"] = ROWS["lora"] + [r for r in ROWS["lean"]]
+ROWS["lean-graph"] = [Row("0.5b", "full", "lean+compile+graph"), Row("0.5b", "lora", "lean+compile+graph"),
+                      Row("0.5b", "full", "lean+compile")]
+ROWS["lean05"] = [r for r in ROWS["lean"] if r.size == "0.5b"]   # the quick half of "lean"
+ROWS["all"] = ROWS["lora"] + ROWS["fast"] + ROWS["lean"]
 
 
 def main(default_rows="all"):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=default_rows, choices=sorted(ROWS))
-    ap.add_argument("--row", help="one row instead: SIZE:METHOD:MODE, e.g. 0.5b:lora:lean+compile")
+    ap.add_argument("--row", help="one row instead: SIZE:METHOD:MODE[:LORA_COMPUTE], e.g. 0.5b:lora:lean+compile "
+                                  "or 7b:qlora:fast+compile:bf16")
     ap.add_argument("--minift-only", action="store_true", help="skip the anchor (a diagnostic: no ratio)")
     ap.add_argument("--out", default="bench_out")
     a = ap.parse_args()

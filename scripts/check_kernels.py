@@ -242,12 +242,46 @@ def check_fused_ce(rep: Report):
         print(f"  fused vs chunked: dhidden rel diff {rel_err(gh, rh):.2e}, dweight {rel_err(gw, rw):.2e}")
 
 
+def check_softmax_xent(rep: Report):
+    """The chunk softmax (kernels/softmax_xent.py): loss per row and dlogits against float64 from the
+    same bf16 logits; speed of the whole op (head matmul included, as the loss calls it) and of
+    its softmax part alone (the op minus the matmul), the latter as bandwidth: 2 reads + 1 write
+    of the bf16 logits is the kernel's minimum."""
+    from minift.kernels import softmax_xent as xent
+    V, n = 151936, 1024
+    for h in (896, 3584):
+        shape = f"{n} x {h} -> V {V}"
+        hidden = torch.randn(n, h, device="cuda", dtype=torch.bfloat16) / 4
+        weight = torch.randn(V, h, device="cuda", dtype=torch.bfloat16) / h ** 0.5
+        targets = torch.randint(0, V, (n,), device="cuda")
+        targets[: n // 8] = -100
+        scale = torch.tensor(1 / (n - n // 8), device="cuda")
+        logits64 = (hidden @ weight.t()).double()
+        counted, safe = targets != -100, targets.clamp(min=0)
+        lse = torch.logsumexp(logits64, -1)
+        loss64 = torch.where(counted, lse - logits64.gather(1, safe[:, None]).squeeze(1), 0.0)
+        d64 = torch.softmax(logits64, -1)
+        d64[torch.arange(n, device="cuda"), safe] -= 1.0
+        d64 *= torch.where(counted, scale.double(), 0.0)[:, None]
+        got = xent.softmax_xent_triton(hidden, weight, targets, scale, True)
+        ref = xent.softmax_xent_reference(hidden, weight, targets, scale, True)
+        rep.accuracy("softmax xent", shape, torch.float32, "loss", rel_err(got[0], loss64), rel_err(ref[0], loss64))
+        rep.accuracy("softmax xent", shape, torch.bfloat16, "dlogits", rel_err(got[1], d64), rel_err(ref[1], d64))
+        del logits64, d64, got, ref
+        t_mm = bench(lambda: hidden @ weight.t())
+        nbytes = 3 * n * V * 2
+        for impl, fn in (("triton", xent.softmax_xent_triton), ("torch reference", xent.softmax_xent_reference)):
+            t = bench(lambda: fn(hidden, weight, targets, scale, True))
+            rep.speed("softmax xent (+matmul)", shape, impl, t, 0)
+            rep.speed("softmax xent part", shape, impl, max(t - t_mm, 1e-9), nbytes)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="directory for check_kernels.json")
     ap.add_argument("--dtypes", default="bfloat16,float16,float32",
                     help="comma-separated activation dtypes for rmsnorm/rope/swiglu")
-    ap.add_argument("--only", default="", help="comma-separated sections: copy,rmsnorm,rope,swiglu,nf4,ce")
+    ap.add_argument("--only", default="", help="comma-separated sections: copy,rmsnorm,rope,swiglu,nf4,xent,ce")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("check_kernels.py needs a CUDA GPU (the Triton kernels run only there; CPU tests: pytest)")
@@ -262,7 +296,8 @@ def main():
     for dt in dtypes:
         sections += [("rmsnorm", lambda dt=dt: check_rmsnorm(rep, dt)), ("rope", lambda dt=dt: check_rope(rep, dt)),
                      ("swiglu", lambda dt=dt: check_swiglu(rep, dt))]
-    sections += [("nf4", lambda: check_nf4(rep)), ("ce", lambda: check_fused_ce(rep))]
+    sections += [("nf4", lambda: check_nf4(rep)), ("xent", lambda: check_softmax_xent(rep)),
+                 ("ce", lambda: check_fused_ce(rep))]
     for name, run in sections:
         if only and name not in only:
             continue

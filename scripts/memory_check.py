@@ -2,6 +2,7 @@
 (minift.measure.run_training_steps, each row in a fresh process), and the seed chapter's tables.
 
     python scripts/memory_check.py --grid h200 --out mem_out        # on one H200, ~5-8 minutes
+    python scripts/memory_check.py --grid h200-quick --out mem_out  # 0.5B and 7B only, ~4 minutes
     python scripts/memory_check.py --grid cpu-tiny                  # CPU, exact allocator replay
     python scripts/memory_check.py --seed-tables [--measure]        # the chapter's three tables
 
@@ -25,23 +26,32 @@ TINY = dict(vocab_size=8000, hidden_size=256, intermediate_size=704, num_hidden_
 
 
 def grid(name):
-    """(cfg, method, batch, seq, grad_ckpt) rows."""
+    """(cfg, method, batch, seq, grad_ckpt, lora_compute_dtype) rows."""
     rows = []
+    if name == "h200-quick":
+        for size in ("qwen2.5-0.5b", "qwen2.5-7b"):        # the adapters' matmuls in bf16 (bench's fast rows)
+            for method in ("lora", "qlora"):
+                for ckpt in (False, True):
+                    rows.append((ModelConfig.preset(size), method, 4, 1024, ckpt, "bfloat16"))
+        for method in ("full", "lora", "qlora"):
+            for ckpt in (False, True):
+                rows.append((ModelConfig.preset("qwen2.5-0.5b"), method, 4, 1024, ckpt, None))
+        return rows
     if name == "h200":
         for size in SIZES:
             for method in ("full", "lora", "qlora"):
                 for ckpt in (False, True):
-                    rows.append((ModelConfig.preset(size), method, 4, 1024, ckpt))
+                    rows.append((ModelConfig.preset(size), method, 4, 1024, ckpt, None))
         for b, t in ((1, 4096), (16, 512)):           # two other shapes for 0.5B
             for method in ("full", "lora"):
-                rows.append((ModelConfig.preset("qwen2.5-0.5b"), method, b, t, True))
+                rows.append((ModelConfig.preset("qwen2.5-0.5b"), method, b, t, True, None))
     elif name == "cpu-tiny":
         cfg = ModelConfig(**TINY)
         for method in ("full", "lora", "qlora"):
             for ckpt in (False, True):
-                rows.append((cfg, method, 2, 256, ckpt))
+                rows.append((cfg, method, 2, 256, ckpt, None))
     else:
-        raise SystemExit(f"unknown grid {name!r}: h200 or cpu-tiny")
+        raise SystemExit(f"unknown grid {name!r}: h200, h200-quick or cpu-tiny")
     return rows
 
 
@@ -55,29 +65,32 @@ def run_rows(rows, device, dtype, steps, limit):
     results = []
     print(f"{'model':<14} {'method':<6} {'BxT':>9} {'ckpt':>4} {'predicted GB':>12} {'measured GB':>11} "
           f"{'error':>7}  peak phase")
-    for cfg, method, b, t, ckpt in rows:
+    for cfg, method, b, t, ckpt, lora_compute in rows:
         dt = "bfloat16" if method == "qlora" else dtype        # the NF4 base computes in bf16
-        est = memory.estimate(cfg, method, b, t, grad_ckpt=ckpt, param_dtype=dt, device=device.type)
+        est = memory.estimate(cfg, method, b, t, grad_ckpt=ckpt, param_dtype=dt, device=device.type,
+                              lora_compute_dtype=lora_compute)
         row = {"model": cfg.name_or_path, "method": method, "batch": b, "seq": t, "grad_ckpt": ckpt, "dtype": dt,
+               "lora_compute_dtype": lora_compute,
                "predicted": est.total, "peak_phase": est.peak_phase, "breakdown": est.as_dict()}
+        label = method + ("/bf16" if lora_compute else "")
         if limit is not None and est.total > 0.97 * limit:
             row["skipped"] = f"predicted {est.total / 1e9:.1f} GB > device {limit / 1e9:.1f} GB"
-            print(f"{cfg.name_or_path[-14:]:<14} {method:<6} {b:>4}x{t:<4} {str(ckpt)[0]:>4} "
+            print(f"{cfg.name_or_path[-14:]:<14} {label:<6} {b:>4}x{t:<4} {str(ckpt)[0]:>4} "
                   f"{est.total / 1e9:>12.2f} {'skipped':>11}          ({row['skipped']})", flush=True)
             results.append(row)
             continue
         t0 = time.time()
         try:
             m = run_in_subprocess(cfg, method, b, t, device=str(device), dtype=dt, grad_ckpt=ckpt,
-                                  steps=steps)
+                                  steps=steps, lora_compute_dtype=lora_compute)
             row.update(measured=m.peak, baseline=m.baseline, how=m.how, seconds=round(time.time() - t0, 1),
                        error_pct=round(100 * (est.total - m.peak) / m.peak, 2))
-            print(f"{cfg.name_or_path[-14:]:<14} {method:<6} {b:>4}x{t:<4} {str(ckpt)[0]:>4} "
+            print(f"{cfg.name_or_path[-14:]:<14} {label:<6} {b:>4}x{t:<4} {str(ckpt)[0]:>4} "
                   f"{est.total / 1e9:>12.3f} {m.peak / 1e9:>11.3f} {row['error_pct']:>6.2f}%  {est.peak_phase}",
                   flush=True)
         except RuntimeError as e:
             row["error"] = str(e)
-            print(f"{cfg.name_or_path[-14:]:<14} {method:<6} {b:>4}x{t:<4} failed: {str(e).splitlines()[-1]}",
+            print(f"{cfg.name_or_path[-14:]:<14} {label:<6} {b:>4}x{t:<4} failed: {str(e).splitlines()[-1]}",
                   flush=True)
         results.append(row)
     return results
@@ -153,7 +166,7 @@ def plot(results, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", choices=["h200", "cpu-tiny"], help="rows to predict and measure")
+    ap.add_argument("--grid", choices=["h200", "h200-quick", "cpu-tiny"], help="rows to predict and measure")
     ap.add_argument("--seed-tables", action="store_true", help="print the chapter's three tables beside minift's")
     ap.add_argument("--measure", action="store_true", help="with --seed-tables: also measure (GPU)")
     ap.add_argument("--device", default="auto")

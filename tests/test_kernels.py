@@ -230,8 +230,12 @@ def test_fused_ce_frozen_head_and_no_grad():
 
 def test_fused_ce_errors():
     hidden, weight, targets = _ce_case(torch.float32)
-    with pytest.raises(ValueError, match="every target is -100"):
-        fused.linear_cross_entropy(hidden, weight, torch.full_like(targets, -100))
+    # Every target ignored: the mean over no tokens is NaN, as F.cross_entropy's is (no host-side
+    # check, which would stall the GPU; the train loop refuses such a batch on the CPU).
+    ignored = torch.full_like(targets, -100)
+    assert torch.isnan(_full_logits_ce(hidden, weight, ignored))
+    assert torch.isnan(fused.linear_cross_entropy(hidden, weight, ignored))
+    assert torch.isnan(cross_entropy.linear_cross_entropy(hidden, weight, ignored))
     with pytest.raises(ValueError, match="leading"):
         fused.linear_cross_entropy(hidden, weight, targets[:, :-1])
     h = hidden.clone().requires_grad_()
@@ -406,6 +410,40 @@ def test_interp_nf4_dequantize_bit_exact(interpreter, shape, blocksize, double_q
     got = dispatch.dequantize_nf4(packed, state)                          # state.dtype = bf16
     assert got.dtype == torch.bfloat16 and got.shape == shape
     assert _bf16_rne_or_truncated(got, nf4.dequantize(packed, state, torch.float32))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [300, 4096 + 77])          # one masked block; two blocks, the last partial
+def test_interp_softmax_xent(interpreter, dtype, V):
+    """Loss per row and (softmax - onehot) * scale against a float64 truth computed from the same
+    rounded logits; ignored rows give 0 loss and a zero gradient row. The kernel's log-sum-exp is
+    accumulated block by block (module Note), so fp32 agrees to ~1e-6; bf16 gradients carry one
+    rounding (and the interpreter truncates instead of rounding: two bf16 ulps, TOL)."""
+    from minift.kernels import softmax_xent as xent
+    g = _gen(15)
+    n, h = 6, 16
+    hidden = torch.randn(n, h, generator=g).to(dtype)
+    weight = (0.5 * torch.randn(V, h, generator=g)).to(dtype)
+    targets = torch.randint(0, V, (n,), generator=g)
+    targets[2] = -100
+    scale = torch.tensor(1 / 5)
+    logits64 = (hidden @ weight.t()).double()                       # the rounded logits, exactly
+    lse = torch.logsumexp(logits64, -1)
+    counted = targets != -100
+    safe = targets.clamp(min=0)
+    loss64 = torch.where(counted, lse - logits64.gather(1, safe[:, None]).squeeze(1), 0.0)
+    d64 = torch.softmax(logits64, -1)
+    d64[torch.arange(n), safe] -= 1.0
+    d64 = d64 * torch.where(counted, 1 / 5, 0.0)[:, None]
+    for fn in (xent.softmax_xent_triton, xent.softmax_xent_reference):
+        losses, dlogits = fn(hidden, weight, targets, scale, True)
+        assert losses.dtype == torch.float32 and dlogits.dtype == dtype and dlogits.shape == (n, V)
+        torch.testing.assert_close(losses.double(), loss64, rtol=1e-6, atol=1e-5)  # fp32 sums over V terms
+        assert rel_err(dlogits, d64) <= TOL[dtype]
+        assert not dlogits[2].any()
+        only_loss, none = fn(hidden, weight, targets, scale, False)
+        assert none is None and torch.equal(only_loss, losses)
 
 
 @needs_interpreter

@@ -194,6 +194,38 @@ def test_bf16_layer_matches_peft_dtypes():
     assert kept.proj.lora_B.weight.dtype == torch.bfloat16
 
 
+def test_bf16_compute_matches_peft_under_autocast():
+    """compute_dtype=bf16 (fp32 adapter weights, bf16 matmuls) is what peft computes inside
+    torch.autocast(bf16), HF Trainer's bf16=True: the same casts in the same order, so the output
+    and the fp32 gradients of A and B are bitwise equal (CPU autocast, measured)."""
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("proj", nn.Linear(32, 48, dtype=torch.bfloat16))
+    pm = get_peft_model(copy.deepcopy(net), LoraConfig(r=4, lora_alpha=8, target_modules=["proj"],
+                                                       init_lora_weights=False))
+    ours = lora.add_lora(copy.deepcopy(net), r=4, alpha=8, targets=["proj"], compute_dtype=torch.bfloat16)
+    layer, theirs = ours.proj, pm.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_A.weight.copy_(theirs.lora_A["default"].weight)
+        layer.lora_B.weight.copy_(theirs.lora_B["default"].weight)
+    x = torch.randn(3, 5, 32).to(torch.bfloat16)
+    y = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = pm(x)
+    assert y.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(y, want, **EXACT)
+    y.float().square().sum().backward()
+    want.float().square().sum().backward()
+    for ours_w, their_w in ((layer.lora_A.weight, theirs.lora_A["default"].weight),
+                            (layer.lora_B.weight, theirs.lora_B["default"].weight)):
+        assert ours_w.grad.dtype == torch.float32
+        torch.testing.assert_close(ours_w.grad, their_w.grad, **EXACT)
+    # and it differs from fp32 adapter math (so the test can tell the two apart)
+    fp32 = lora.add_lora(copy.deepcopy(net), r=4, alpha=8, targets=["proj"])
+    fp32.proj.load_state_dict(layer.state_dict())
+    assert not torch.equal(fp32.proj(x), y)
+
+
 # ---------------------------------------------------------------------- adapter files, both ways
 def test_minift_adapter_loads_in_peft(tmp_path):
     hf = tiny_hf("qwen2")

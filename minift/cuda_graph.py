@@ -1,0 +1,126 @@
+"""One training micro-step (forward + backward) captured as a CUDA graph and replayed.
+
+A small model's step is not bound by the GPU but by the host: Qwen2.5-0.5B with LoRA on all
+seven projections launches thousands of kernels per step (24 layers x 7 adapters x their forward
+and backward, norms, RoPE, the chunked loss), and Python + the CUDA driver need a few
+microseconds for each. The GPU finishes a kernel before the next one is queued and waits.
+A CUDA graph records the whole sequence of kernels once; replaying it is one launch, so the GPU
+runs back to back and the host is free.
+
+    step = GraphedStep(model)
+    for batch in batches:
+        loss = step(input_ids=ids, targets=targets)   # replays forward + backward; p.grad is set
+        optimizer.step()                              # eager: a handful of foreach launches
+
+What a graph requires, and how it is met here:
+  - fixed shapes and addresses: the inputs are copied into static tensors captured once, so every
+    batch must have the shape of the first (pack the data; a different shape is an error);
+  - no host synchronisation inside: the model's forward and the fused loss have none (the loss's
+    "every target is -100" check is the train loop's, on the CPU batch, before the copy);
+  - a warm-up first: torch.compile, cuBLAS and Triton autotuning do their one-time work (and
+    allocate) outside the capture;
+  - gradients in fixed tensors: grads are set to None before the capture, so the captured backward
+    allocates them from the graph's memory pool and every replay writes the same tensors. They
+    are handed back to each parameter's .grad after every replay, so `zero_grad(set_to_none=True)`
+    between steps is harmless. A replay overwrites the gradients; it does not add to them.
+
+Note: memory. The captured step allocates from a private pool that stays reserved between
+replays, with the same peak as the eager step (tensors freed during the capture are reused in it).
+The warm-up's cached blocks are returned to the driver before the capture so the two do not
+stack up in torch.cuda.memory_reserved. Dropout works: the graph advances the CUDA RNG's offset
+on each replay, as PyTorch registers the default generator with every capture.
+
+Not supported (each an error, not a silent fallback): shapes that change between batches; CPU or
+MPS (CUDA graphs are CUDA's).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+
+
+class GraphedStep:
+    """Forward + backward of `model(**inputs)` (the model returns the mean loss) as a CUDA graph.
+
+    autocast: a context manager entered around the forward (e.g. torch.autocast for
+    bf16-autocast training); warmup: eager steps run before the capture (their gradients are
+    discarded; they change no parameter)."""
+
+    def __init__(self, model: nn.Module, autocast=None, warmup: int = 3):
+        if warmup < 1:
+            raise ValueError(f"GraphedStep needs at least one warm-up step, got warmup={warmup}")
+        self.model = model
+        self.autocast = autocast if autocast is not None else contextlib.nullcontext()
+        self.warmup = warmup
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_inputs: dict[str, torch.Tensor | None] = {}
+        self.static_loss: torch.Tensor | None = None
+        self.grads: list[torch.Tensor | None] = []
+
+    def __call__(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """Copy `inputs` into the captured tensors, replay, return the loss (a 0-dim fp32 tensor that
+        the next call overwrites: read it or clone it before calling again)."""
+        if self.graph is None:
+            self._capture(inputs)
+        else:
+            self._copy_in(inputs)
+        self.graph.replay()
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        return self.static_loss
+
+    # ------------------------------------------------------------------ capture
+    def _capture(self, inputs: dict) -> None:
+        for name, t in inputs.items():
+            if t is not None and (not isinstance(t, torch.Tensor) or t.device.type != "cuda"):
+                raise ValueError(f"GraphedStep: input {name!r} must be a CUDA tensor (CUDA graphs are CUDA's); "
+                                 f"got {type(t).__name__} on {getattr(t, 'device', 'no device')}")
+        if not any(p.is_cuda for p in self.params):
+            raise ValueError("GraphedStep: the model has no trainable CUDA parameter")
+        self.static_inputs = {k: (t.clone() if t is not None else None) for k, t in inputs.items()}
+
+        # Warm-up on a side stream (the capture happens on one too, and the first uses of cuBLAS
+        # and compiled code on a stream must not be inside the capture).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._forward_backward()
+        torch.cuda.current_stream().wait_stream(side)
+        for p in self.params:
+            p.grad = None          # the capture allocates them afresh, from the graph's pool
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()   # Note: memory (the warm-up's cached blocks)
+
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self._forward_backward()
+        self.grads = [p.grad for p in self.params]
+
+    def _forward_backward(self) -> torch.Tensor:
+        with self.autocast:
+            loss = self.model(**self.static_inputs)
+        loss = loss.float()
+        loss.backward()
+        return loss.detach()
+
+    def _copy_in(self, inputs: dict) -> None:
+        if inputs.keys() != self.static_inputs.keys():
+            raise ValueError(f"GraphedStep: captured with inputs {sorted(self.static_inputs)}, "
+                             f"called with {sorted(inputs)}")
+        for name, t in inputs.items():
+            static = self.static_inputs[name]
+            if (t is None) != (static is None):
+                raise ValueError(f"GraphedStep: input {name!r} was {'None' if static is None else 'a tensor'} "
+                                 f"when captured and cannot change")
+            if t is None:
+                continue
+            if t.shape != static.shape or t.dtype != static.dtype:
+                raise ValueError(f"GraphedStep: input {name!r} has shape {tuple(t.shape)} {t.dtype}; the graph "
+                                 f"was captured with {tuple(static.shape)} {static.dtype}. A CUDA graph replays "
+                                 f"fixed shapes: give every batch the same shape (pack the data) or turn "
+                                 f"cuda_graph off")
+            static.copy_(t, non_blocking=True)

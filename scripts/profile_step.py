@@ -1,0 +1,97 @@
+"""Where one training step's time goes on the GPU: kernels by total time, and how busy the GPU is.
+
+    python scripts/profile_step.py --row 0.5b:lora:fast+compile --out prof/
+    python scripts/profile_step.py --row 7b:qlora:fast+compile:bf16 --top 30 --out prof/
+
+The same step scripts/bench_train.py times (minift.bench.training_step: random weights, batch x seq
+random tokens, AdamW), warmed up, then `--steps` steps under torch.profiler. Prints the wall time
+per step, the summed kernel time per step (GPU busy), the kernel launches per step, the time by
+kind (matmul, attention, Triton, other) and the top kernels; writes profile_<row>.json.
+GPU busy well under wall time means the host (Python, launches) is the bottleneck, not the GPU.
+"""
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+
+import torch
+
+from minift.bench import MODES, Row, training_step
+from minift.config import ModelConfig
+
+
+def kernel_kind(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("gemm", "nvjet", "cutlass", "sm90_xmma", "gemv", "splitk")):
+        return "matmul"
+    if "flash" in n or "fmha" in n or "attention" in n:
+        return "attention"
+    if n.startswith("triton") or "triton_" in n:
+        return "triton (compiled / minift kernels)"
+    if "multi_tensor" in n or "foreach" in n:
+        return "optimizer (foreach)"
+    return "other (PyTorch elementwise, reductions, copies)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--row", required=True, help="SIZE:METHOD:MODE[:LORA_COMPUTE], e.g. 0.5b:lora:fast+compile:bf16")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--out", default="prof")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_step profiles CUDA kernels: it needs a CUDA GPU")
+    row = Row(*a.row.split(":"))
+    cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
+    _, step = training_step(cfg, row.method, lora_compute=row.lora_compute, **MODES[row.mode])
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, cfg.vocab_size, (a.batch, a.seq), generator=gen).cuda()
+               for _ in range(a.warmup + a.steps)]
+    for ids in batches[:a.warmup]:
+        step(ids, ids.roll(-1, dims=1))
+    torch.cuda.synchronize()
+
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for ids in batches[a.warmup:]:
+            step(ids, ids.roll(-1, dims=1))
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / a.steps
+
+    per_kernel = defaultdict(lambda: [0.0, 0])          # name -> [total us, count]
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[e.name][0] += e.device_time
+            per_kernel[e.name][1] += 1
+    busy = sum(t for t, _ in per_kernel.values()) / a.steps / 1e6
+    launches = sum(c for _, c in per_kernel.values()) / a.steps
+    by_kind = defaultdict(float)
+    for name, (t, _) in per_kernel.items():
+        by_kind[kernel_kind(name)] += t / a.steps / 1e6
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:a.top]
+
+    print(f"{a.row}  batch {a.batch}x{a.seq}: wall {wall * 1e3:.1f} ms/step, GPU busy {busy * 1e3:.1f} ms "
+          f"({100 * busy / wall:.0f}%), {launches:.0f} kernels/step, {a.batch * a.seq / wall:,.0f} tok/s")
+    print("\n| kind | ms/step | share of busy |\n|---|---|---|")
+    for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"| {kind} | {t * 1e3:.2f} | {100 * t / busy:.1f}% |")
+    print("\n| kernel | ms/step | calls/step |\n|---|---|---|")
+    for name, (t, c) in top:
+        print(f"| {name[:110]} | {t / a.steps / 1e3:.2f} | {c / a.steps:.0f} |")
+
+    os.makedirs(a.out, exist_ok=True)
+    out = dict(row=a.row, batch=a.batch, seq=a.seq, device=torch.cuda.get_device_name(), torch=torch.__version__,
+               wall_s=wall, gpu_busy_s=busy, kernels_per_step=launches, by_kind_s=dict(by_kind),
+               top=[dict(name=n, s_per_step=t / a.steps / 1e6, calls_per_step=c / a.steps) for n, (t, c) in top])
+    with open(os.path.join(a.out, f"profile_{a.row.replace(':', '_').replace('+', '-')}.json"), "w") as f:
+        json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
