@@ -73,7 +73,9 @@ if triton is not None:
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
             m = m_new
         lse = m + tl.log(s)
-        x_t = tl.load(base + safe_t).to(tl.float32)
+        # a target outside [0, V) reads nothing and makes the row's loss NaN (the reference's gather
+        # would fail there); the train loop names such a batch on the CPU before it gets here
+        x_t = tl.load(base + safe_t, mask=(safe_t >= 0) & (safe_t < V), other=float("nan")).to(tl.float32)
         tl.store(LOSSES + row, tl.where(counted, lse - x_t, 0.0))
 
         # pass 2: (softmax - onehot) * scale, written over the logits
@@ -95,10 +97,10 @@ def softmax_xent_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
                         scale: torch.Tensor, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     if triton is None:
         raise RuntimeError("softmax_xent_triton needs triton (pip install triton)")
-    logits = hidden @ weight.t()                                          # (n, V), overwritten by dlogits
-    n, V = logits.shape
+    n, V = hidden.shape[0], weight.shape[0]
     if targets.shape != (n,):
         raise ValueError(f"softmax_xent_triton: targets {tuple(targets.shape)} must be ({n},)")
+    logits = hidden @ weight.t()                                          # (n, V), overwritten by dlogits
     losses = torch.empty(n, dtype=torch.float32, device=logits.device)
     scale = scale.to(device=logits.device, dtype=torch.float32).reshape(())
     if n:

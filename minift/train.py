@@ -175,6 +175,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
     params = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if cfg.precision == "bf16-autocast" else contextlib.nullcontext())
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     graphed = None
     if cfg.cuda_graph:
         if device.type != "cuda":
@@ -222,6 +223,8 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
                 batch, batches = _next_batch(batches, train_batches, run.micro_batches)
                 run.micro_batches += 1
                 micro.append(_check_batch(batch, cfg, run.step + 1))
+            for b in micro:
+                _check_targets(b["targets"], vocab, run.step + 1)
             counts = [int((b["targets"] != IGNORE_INDEX).sum()) for b in micro]
             n_total = sum(counts)
             if n_total == 0:
@@ -594,6 +597,20 @@ def _check_batch(batch: dict, cfg: TrainConfig, step: int) -> dict:
         raise ValueError(f"step {step}: batch has {batch['input_ids'].shape[0]} rows, more than "
                          f"TrainConfig.batch_size={cfg.batch_size}")
     return batch
+
+
+def _check_targets(targets: torch.Tensor, vocab: int | None, step: int) -> None:
+    """Every target is -100 or a token id the head can predict. Checked where it is free: on a CPU
+    batch (minift's data), before it is copied over. A batch already on a GPU is not read back
+    here (that would stall the queue each step): there an out-of-range target makes the loss NaN
+    (kernels/softmax_xent.py), which stops the run as a diverged step."""
+    if vocab is None or targets.numel() == 0 or targets.device.type != "cpu":
+        return
+    counted = targets[targets != IGNORE_INDEX]
+    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab):
+        bad = counted[(counted < 0) | (counted >= vocab)][0].item()
+        raise ValueError(f"step {step}: target id {bad} is outside the model's vocabulary [0, {vocab}) "
+                         f"(and is not the ignore index {IGNORE_INDEX}): check the tokenizer matches the model")
 
 
 def _model_inputs(batch: dict, device: torch.device) -> dict:

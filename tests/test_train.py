@@ -366,6 +366,10 @@ def test_bad_config_and_inputs_fail_clearly():
     m.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(m, TinyBatches(), cfg=cfg())
+    bad = next(TinyBatches())
+    bad["targets"][1, 3] = TINY.vocab_size                      # one past the head's last row
+    with pytest.raises(ValueError, match=r"step 1: target id 256 is outside the model's vocabulary \[0, 256\)"):
+        train(make_model(), iter([bad] * 4), cfg=cfg(steps=1))
 
 
 def test_grad_checkpointing_flag_is_set_and_same_losses():
