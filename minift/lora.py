@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minift import safeio
+from minift.model import project
 from minift.quant import Linear4bit
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class LoRALinear(nn.Module):
         return self.base_layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)                                            # (..., out)
+        y = project(self.base_layer, x)  # (..., out); = base_layer(x), or the CPU decode kernel (model.project)
         if self.merged:
             return y  # B@A*scaling is already inside W
         if self.compute_dtype is None:

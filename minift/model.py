@@ -78,8 +78,9 @@ def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     hooks computes through kernels/dispatch.linear, which on CPU runs one decoded token's
     matrix-vector product as a compiled loop that streams the weight ~2x faster than F.linear
     (kernels/matvec.py); it is F.linear everywhere else. Anything else standing in for a
-    projection (LoRALinear, Linear4bit) runs its own forward, and so does everything outside
-    generate: training and plain forward passes are nn.Module calls as before."""
+    projection runs its own forward: LoRALinear sends its base layer back through here (its two
+    small adapter matmuls stay F.linear), Linear4bit dequantizes. Outside generate, training and
+    plain forward passes are nn.Module calls as before."""
     if (matvec.is_enabled() and type(layer) is nn.Linear
             and not (layer._forward_hooks or layer._forward_pre_hooks)):
         return dispatch.linear(x, layer.weight, layer.bias)
