@@ -25,7 +25,8 @@ What a graph requires, and how it is met here:
     between steps is harmless. A replay overwrites the gradients; it does not add to them.
 
 Note: memory. The captured step allocates from a private pool that stays reserved between
-replays, with the same peak as the eager step (tensors freed during the capture are reused in it).
+replays, with about the eager step's peak (tensors freed during the capture are reused in it;
+on the H200, 0.5B full lean 6.47 vs 6.40 GB, 7B QLoRA fast 37.96 vs 38.12 GB: README).
 The warm-up's cached blocks are returned to the driver before the capture so the two do not
 stack up in torch.cuda.memory_reserved. Dropout works: the graph advances the CUDA RNG's offset
 on each replay, as PyTorch registers the default generator with every capture.
