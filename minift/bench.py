@@ -25,13 +25,9 @@ import torch
 
 from minift.config import ModelConfig
 
-MODES = {"fast": dict(grad_ckpt=False, loss_chunk=1024, compile=False),
-         "lean": dict(grad_ckpt=True, loss_chunk=256, compile=False),
-         "fast+compile": dict(grad_ckpt=False, loss_chunk=1024, compile=True),
-         "lean+compile": dict(grad_ckpt=True, loss_chunk=256, compile=True)}
-MODES.update({f"{name}+graph": dict(mode, cuda_graph=True) for name, mode in list(MODES.items())})
-for _mode in MODES.values():
-    _mode.setdefault("cuda_graph", False)
+_BASE = {"fast": dict(grad_ckpt=False, loss_chunk=1024), "lean": dict(grad_ckpt=True, loss_chunk=256)}
+MODES = {name + compiled + graphed: dict(base, compile=bool(compiled), cuda_graph=bool(graphed))
+         for name, base in _BASE.items() for compiled in ("", "+compile") for graphed in ("", "+graph")}
 
 
 @dataclass

@@ -223,9 +223,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
                 batch, batches = _next_batch(batches, train_batches, run.micro_batches)
                 run.micro_batches += 1
                 micro.append(_check_batch(batch, cfg, run.step + 1))
-            for b in micro:
-                _check_targets(b["targets"], vocab, run.step + 1)
-            counts = [int((b["targets"] != IGNORE_INDEX).sum()) for b in micro]
+            counts = [_count_loss_tokens(b["targets"], vocab, run.step + 1) for b in micro]
             n_total = sum(counts)
             if n_total == 0:
                 raise ValueError(f"step {run.step + 1}: every target of its {cfg.grad_accum} micro-batch(es) "
@@ -599,18 +597,20 @@ def _check_batch(batch: dict, cfg: TrainConfig, step: int) -> dict:
     return batch
 
 
-def _check_targets(targets: torch.Tensor, vocab: int | None, step: int) -> None:
-    """Every target is -100 or a token id the head can predict. Checked where it is free: on a CPU
-    batch (minift's data), before it is copied over. A batch already on a GPU is not read back
-    here (that would stall the queue each step): there an out-of-range target makes the loss NaN
-    (kernels/softmax_xent.py), which stops the run as a diverged step."""
-    if vocab is None or targets.numel() == 0 or targets.device.type != "cpu":
-        return
-    counted = targets[targets != IGNORE_INDEX]
-    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab):
-        bad = counted[(counted < 0) | (counted >= vocab)][0].item()
-        raise ValueError(f"step {step}: target id {bad} is outside the model's vocabulary [0, {vocab}) "
-                         f"(and is not the ignore index {IGNORE_INDEX}): check the tokenizer matches the model")
+def _count_loss_tokens(targets: torch.Tensor, vocab: int | None, step: int) -> int:
+    """How many targets carry a loss (!= -100), after checking each is a token id the head can
+    predict. The range check runs where it is free: on a CPU batch (minift's data), before it is
+    copied over. A batch already on a GPU is not read back for it (that would stall the queue each
+    step): there an out-of-range target makes the loss NaN (kernels/softmax_xent.py), which stops
+    the run as a diverged step."""
+    counted = targets != IGNORE_INDEX
+    if vocab is not None and targets.device.type == "cpu":
+        ids = targets[counted]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)][0].item()
+            raise ValueError(f"step {step}: target id {bad} is outside the model's vocabulary [0, {vocab}) "
+                             f"(and is not the ignore index {IGNORE_INDEX}): check the tokenizer matches the model")
+    return int(counted.sum())
 
 
 def _model_inputs(batch: dict, device: torch.device) -> dict:
