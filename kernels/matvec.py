@@ -18,27 +18,18 @@ kernels/dispatch.linear picks matvec_cpu only where it runs and pays (CPU, no au
 fp32 or bf16, a weight of at least MIN_WEIGHT_BYTES) and only inside `enabled()`, which
 minift.generate turns on around its decode steps; everything else gets F.linear.
 
-Note: why compiling pays. Measured on a 2-core AMD EPYC (torch 2.13, 2 threads, 2026-11-28),
-cycling through ~600 MB of matrices so that they come from memory, not cache, as in a decode step:
-                                   F.linear        matvec_cpu
-    fp32 896 x 896 (q, o)          11.4 GB/s       25.1 GB/s
-    fp32 4864 x 896 (gate, up)     13.0 GB/s       29.3 GB/s
-    fp32 896 x 4864 (down)         18.5 GB/s       19.2 GB/s
-    fp32 151936 x 896 (head)       10.9 GB/s       29.6 GB/s
-    bf16 896 x 896                 11.3 GB/s       22.3 GB/s
-    bf16 4864 x 896                16.2 GB/s       30.6 GB/s
-    bf16 896 x 4864                18.8 GB/s       24.4 GB/s
-    bf16 151936 x 896              17.8 GB/s       31.4 GB/s
-MKL's fp32 gemv for one row runs on one thread; the compiled loop splits the rows over both
-cores and streams about as fast as `W.sum()` (~31 GB/s). The long-row down projection gains
-least: each row is one long chain of vector adds. Below ~100 KiB a matrix sits in cache and
-the call overhead dominates (64 x 64: 5 us for F.linear, 8 us compiled); hence MIN_WEIGHT_BYTES.
+Note: why compiling pays. scripts/bench_matvec.py measures both versions per Qwen2.5-0.5B shape
+with the weights coming from memory, not cache, as in a decode step (results/cpu/bench_matvec.json;
+on the 2-core EPYC: F.linear 11-13 GB/s on the q/o, gate/up and head shapes in fp32 and bf16,
+matvec_cpu 24-29 GB/s, `W.sum()` 26-31 GB/s). MKL's fp32 gemv for one row runs on one thread; the
+compiled loop splits the rows over both cores. The long-row down projection gains least (each row
+is one long chain of vector adds; in bf16 alone it is no faster than F.linear). Small matrices
+sit in cache and the call overhead dominates: hence MIN_WEIGHT_BYTES.
 
 Note: busy machines. Each call is an OpenMP parallel region whose threads meet at a barrier, so
-when another multi-threaded process holds one of the cores a call waits for a descheduled thread:
-on the 2-core machine, with a second PyTorch process running, one 0.5B fp32 step took 2.5 s
-instead of 0.3 s (F.linear, mostly single-threaded for one row: 0.4 s). Turn the kernels off
-there (generate(fast_matvec=False) or MINIFT_KERNELS=reference).
+when another multi-threaded process holds one of the cores a call waits for a descheduled thread
+and decoding can slow down several-fold. Turn the kernels off there (generate(fast_matvec=False)
+or MINIFT_KERNELS=reference).
 
 Note: numerics. Products and sums are fp32 whatever the weight dtype (a bf16 weight is widened
 element by element as it is loaded), and the result is rounded to the input dtype once, after the
@@ -46,11 +37,10 @@ bias is added: the same single rounding F.linear does in bf16. The order of the 
 differs from MKL's/oneDNN's, so results agree to rounding (fp32: ~1e-6 relative), not bit for bit.
 
 Note: compile cost. One compiled kernel per (weight shape, dtype, bias or not), kept in _KERNELS
-for the life of the process; Qwen2.5-0.5B needs 6. Measured on the same machine: ~4.5 s in all
-for a process's first kernels (most of it importing and starting TorchInductor; each kernel
-that TorchInductor's on-disk cache, /tmp/torchinductor_<user>, already holds adds ~0.05 s),
-and ~20 s when that cache is empty (the first run on a machine: gcc builds TorchInductor's
-headers and every kernel). The kernels are built with torch._inductor.compile on a traced graph,
+for the life of the process; Qwen2.5-0.5B needs 6. Building them costs seconds once per process
+(scripts/bench_generate.py records it as its warm-up: 4-5 s more than F.linear for the first
+8 tokens), most of it importing and starting TorchInductor, and more when its on-disk cache
+(/tmp/torchinductor_<user>) is empty and gcc must build every kernel. The kernels are built with torch._inductor.compile on a traced graph,
 not torch.compile: torch.compile would add TorchDynamo's guard checks to every call (~30 us
 here against ~10 us, and a decode step makes 169 of these calls) and, keyed on one Python
 function, would hit its recompile limit (8) after 8 shapes.
