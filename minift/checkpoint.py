@@ -24,18 +24,22 @@ Only safetensors and JSON are read: no pickle (`pytorch_model.bin`), no remote c
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
+from typing import Callable
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 
+from minift import quant
 from minift.config import ModelConfig
 from minift.device import pick_device, resolve_dtype
+from minift.kernels import nf4
 from minift.model import RotaryEmbedding, Transformer
-from minift.safeio import (atomic_save_file, atomic_write_json, read_json, read_safetensors_header)
+from minift.safeio import (SafetensorsReader, atomic_save_file, atomic_write_json, read_json,
+                           read_safetensors_header)
 
 logger = logging.getLogger(__name__)
 
@@ -153,18 +157,34 @@ def _env_true(key: str) -> bool:
 # ====================================================================== loading
 def load_pretrained(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "auto",
                     device: str | torch.device = "auto", strict: bool = True,
-                    revision: str | None = None) -> Transformer:
+                    revision: str | None = None, quantize: str | None = None, blocksize: int = 64,
+                    double_quant: bool = True) -> Transformer:
     """A Transformer with the checkpoint's weights, in eval mode.
 
     dtype: "auto" (bf16 where the device runs it, else fp32; see minift.device), "bfloat16",
-    "float32", "float16" or a torch.dtype. Every tensor is converted to it; the rotary inv_freq
-    stays fp32 (it is recomputed, never stored).
+    "float32", "float16" or a torch.dtype. Every float tensor is converted to it; the rotary
+    inv_freq stays fp32 (it is recomputed, never stored).
     strict: with False, unexpected keys (and an lm_head.weight in a tied checkpoint) are skipped
     with a warning. Missing keys and shape mismatches are errors either way: a parameter with no
     value cannot be left on the meta device.
+    quantize: None, or "nf4" for a QLoRA base: every projection (the seven per layer; embeddings,
+    norms and the head stay float, as quant.quantize_model leaves them) is read, moved to the
+    device, quantized there with `blocksize` and `double_quant`, and its float copy dropped before
+    the next is read, so the float model never exists on the device or in host memory. The bytes
+    equal load_pretrained(...) followed by quant.quantize_model(model, blocksize, double_quant).
+    A checkpoint saved by transformers + bitsandbytes in 4-bit NF4 (config.json
+    quantization_config, quant_method "bitsandbytes", load_in_4bit) loads as it is stored, into
+    quant.Linear4bit layers, with or without quantize (its own blocksize wins); any other
+    quantization (FP4, 8-bit, GPTQ, AWQ, ...) is refused by name.
     """
+    if quantize not in (None, "nf4"):
+        raise ValueError(f"quantize must be None or 'nf4', not {quantize!r}")
+    if quantize:
+        nf4._check_blocksize(blocksize)
     directory = resolve_model_dir(path_or_id, revision)
     cfg = ModelConfig.from_hf(directory)
+    _check_quantization_config(cfg, directory)
+    cfg.extra.pop("quantization_config", None)  # how it was stored; save_pretrained writes it from the layers
     cfg.name_or_path = os.fspath(path_or_id)
     dev = pick_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -173,31 +193,185 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "a
     found = _read_headers(directory)                                   # name -> (file, header entry)
     with torch.device("meta"):
         model = Transformer(cfg)
-    plan = _match_keys(model, found, directory, strict)               # name -> file
+    readers = {file: SafetensorsReader(os.path.join(directory, file))
+               for file in sorted({file for file, _ in found.values()})}
+    try:
+        four_bit = _four_bit_groups(model, found, readers, directory)  # module -> its bnb keys
+        packed_keys = {k for keys in four_bit.values() for k in keys}
+        float_found = {k: v for k, v in found.items() if k not in packed_keys}
+        plan = _match_keys(model, float_found, directory, strict, four_bit=set(four_bit))  # name -> file
+        to_quantize = set(quant.projection_names(model)) - set(four_bit) if quantize else set()
 
-    # Step 3: one tensor at a time from disk, converted, onto the device, into the model.
-    state = {}
-    for file in sorted(set(plan.values())):
-        with safe_open(os.path.join(directory, file), framework="pt", device="cpu") as f:
-            for name in (n for n, fl in plan.items() if fl == file):
-                state[name] = f.get_tensor(name).to(device=dev, dtype=dt)
-    result = model.load_state_dict(state, strict=False, assign=True)
-    del state
-    expected_missing = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-    if set(result.missing_keys) != expected_missing or result.unexpected_keys:  # _match_keys guarantees this
-        raise RuntimeError(f"internal: load_state_dict missing {result.missing_keys}, "
-                           f"unexpected {result.unexpected_keys}")
+        # Step 3: one unit at a time from disk (a tensor, or a projection with its bias and, for
+        # bnb checkpoints, its statistics), in file order, onto the device, into the model.
+        unit_of = {k: k for k in plan}
+        for module in set(four_bit) | to_quantize:
+            for k in four_bit.get(module, [module + ".weight"]) + [module + ".bias"]:
+                if k in plan or k in four_bit.get(module, ()):
+                    unit_of[k] = module
+        order = sorted(unit_of, key=lambda k: (found[k][0], found[k][1]["data_offsets"][0]))
+        units = list(dict.fromkeys(unit_of[k] for k in order))         # first appearance in the files
+
+        def read(key):
+            return readers[found[key][0]].read(key)
+
+        for unit in units:
+            if unit in four_bit:
+                keys = four_bit[unit] + ([unit + ".bias"] if unit + ".bias" in plan else [])
+                linear = model.get_submodule(unit)
+                try:
+                    layer = quant.Linear4bit.from_bnb_state({k: read(k) for k in keys}, unit + ".",
+                                                            linear.in_features, linear.out_features,
+                                                            compute_dtype=dt, device=dev)
+                except ValueError as e:
+                    raise CheckpointError(f"{directory}: {unit}: {e}") from None
+                quant.replace_module(model, unit, layer)
+            elif unit in to_quantize:
+                weight = read(unit + ".weight").to(device=dev, dtype=dt)          # (out, in), float, transient
+                bias = read(unit + ".bias").to(device=dev, dtype=dt) if unit + ".bias" in plan else None
+                quant.replace_module(model, unit, quant.Linear4bit.from_weight(
+                    weight, bias, blocksize=blocksize, double_quant=double_quant))
+                del weight, bias  # the float copy goes before the next projection is read
+            else:
+                _assign(model, unit, read(unit).to(device=dev, dtype=dt))
+    finally:
+        for reader in readers.values():
+            reader.close()
+
     if cfg.tie_word_embeddings:
-        # assign=True replaced embed_tokens.weight with a new Parameter; point the head at it again.
+        # The head *is* the embedding: point it at the tensor just read.
         model.lm_head.weight = model.model.embed_tokens.weight
     # inv_freq is a non-persistent buffer (never in a checkpoint), still on meta: compute it, in fp32.
     model.model.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta).to(dev)
     for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers()):
-        if t.is_meta:
+        if t.is_meta:  # _match_keys guarantees every key has a value
             raise RuntimeError(f"internal: {name} was left on the meta device after loading {directory}")
     cfg.torch_dtype = str(dt).removeprefix("torch.")
-    logger.info("loaded %s (%s parameters, %s, %s)", directory, f"{model.num_params():,}", dt, dev)
+    n4 = len(four_bit) + len(to_quantize)
+    logger.info("loaded %s (%s parameters, %s, %s%s)", directory, f"{model.num_params():,}", dt, dev,
+                f", {n4} projections in NF4" if n4 else "")
     return model.eval()
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """model.<name> = tensor, as load_state_dict(assign=True) does: the tensor read becomes the
+    parameter (no second copy), keeping the parameter's requires_grad."""
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    old = getattr(module, leaf)
+    if isinstance(old, nn.Parameter):
+        setattr(module, leaf, nn.Parameter(tensor, requires_grad=old.requires_grad))
+    else:
+        module.register_buffer(leaf, tensor)
+
+
+# ---------------------------------------------------------------------- quantized checkpoints
+BNB_STATE_KEY = "weight.quant_state.bitsandbytes__nf4"
+_BNB_STAT_KEYS = ("weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map")
+
+
+def _check_quantization_config(cfg: ModelConfig, directory: str) -> None:
+    """Accept config.json's quantization_config only when it is bitsandbytes 4-bit NF4; refuse
+    every other kind by name (minift has no GPTQ/AWQ/8-bit/FP4 kernels, and a wrong guess would
+    give a model that runs and outputs noise)."""
+    qc = cfg.extra.get("quantization_config")
+    if qc is None:
+        return
+    file = os.path.join(directory, "config.json")
+    if not isinstance(qc, dict):
+        raise CheckpointError(f"{file}: quantization_config must be a JSON object, got {type(qc).__name__}")
+    method = qc.get("quant_method")
+    if method is None and (qc.get("load_in_4bit") or qc.get("load_in_8bit")):
+        method = "bitsandbytes"  # configs written before transformers added quant_method
+    if method == "bitsandbytes":
+        if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
+            kind = "8-bit (LLM.int8, load_in_8bit)"
+        elif qc.get("load_in_4bit") or qc.get("_load_in_4bit"):
+            quant_type = qc.get("bnb_4bit_quant_type", "fp4")  # transformers' BitsAndBytesConfig default
+            if quant_type == "nf4":
+                return
+            kind = f"4-bit, bnb_4bit_quant_type {quant_type!r}"
+        else:
+            kind = "neither load_in_4bit nor load_in_8bit set"
+    else:
+        details = [f"{k} {qc[k]!r}" for k in ("bits", "w_bit", "version", "format", "quant_type", "fmt")
+                   if k in qc]
+        kind = ", ".join(details) or "no bit width given"
+    raise CheckpointError(
+        f"{file}: quantization_config has quant_method {method!r} ({kind}); minift reads only bitsandbytes "
+        f"4-bit NF4 checkpoints (load_in_4bit with bnb_4bit_quant_type 'nf4'). Load the float (bf16) release "
+        f"with quantize='nf4' instead.")
+
+
+def _four_bit_groups(model: Transformer, found: dict[str, tuple[str, dict]],
+                     readers: dict[str, SafetensorsReader], directory: str) -> dict[str, list[str]]:
+    """The projections the checkpoint stores in bitsandbytes' 4-bit layout: module name -> its keys
+    (`weight`, the statistics, the quant_state blob; the bias is matched as a float tensor). Checks
+    names, shapes and dtypes from the headers and the small quant_state JSON blobs only, so a bad
+    file fails before any weight is read."""
+    groups: dict[str, list[str]] = {}
+    problems = []
+    for key, (file, info) in found.items():
+        if key.endswith(".weight.quant_state.bitsandbytes__fp4"):
+            problems.append(f"{key!r} in {file}: bitsandbytes FP4 weights are not supported, only NF4")
+            continue
+        if not key.endswith("." + BNB_STATE_KEY):
+            continue
+        module = key[: -len(BNB_STATE_KEY) - 1]
+        keys = [module + ".weight"] + [f"{module}.{k}" for k in _BNB_STAT_KEYS if f"{module}.{k}" in found] + [key]
+        groups[module] = keys
+        try:
+            linear = model.get_submodule(module)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, nn.Linear) or module.rsplit(".", 1)[-1] == "lm_head":
+            problems.append(f"{key!r} in {file}: {module} is not one of the model's projections "
+                            f"(minift stores only q/k/v/o and gate/up/down in 4 bits; the head stays float)")
+            continue
+        out_f, in_f = linear.out_features, linear.in_features
+        try:
+            raw = readers[file].read(key)                                  # a few hundred bytes of JSON
+            meta = json.loads(bytes(raw.reshape(-1).tolist()).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.append(f"{key!r} in {file}: not UTF-8 JSON ({e})")
+            continue
+        if meta.get("quant_type") != "nf4":
+            problems.append(f"{key!r} in {file}: quant_type {meta.get('quant_type')!r}, only 'nf4' is supported")
+            continue
+        if meta.get("shape") != [out_f, in_f]:
+            problems.append(f"{key!r} in {file}: shape {meta.get('shape')}, the model from config.json "
+                            f"expects [{out_f}, {in_f}]")
+            continue
+        blocksize = meta.get("blocksize")
+        if blocksize not in nf4.BLOCKSIZES:
+            problems.append(f"{key!r} in {file}: blocksize {blocksize!r} is not one of {nf4.BLOCKSIZES}")
+            continue
+        nblocks = -(-out_f * in_f // blocksize)
+        double = "nested_offset" in meta
+        expect = {module + ".weight": (None, (out_f * in_f + 1) // 2),   # bytes, any storage dtype
+                  module + ".weight.absmax": ("U8" if double else "F32", [nblocks]),
+                  module + ".weight.quant_map": ("F32", [16])}
+        if double:
+            expect[module + ".weight.nested_absmax"] = ("F32", [-(-nblocks // nf4.NESTED_BLOCKSIZE)])
+            expect[module + ".weight.nested_quant_map"] = ("F32", [256])
+        for k, (dtype, shape) in expect.items():
+            if k not in found:
+                problems.append(f"missing key {k!r} for the 4-bit {module} (its quant_state is in {file})")
+                continue
+            f, inf = found[k]
+            nbytes = inf["data_offsets"][1] - inf["data_offsets"][0]
+            if dtype is None:
+                if nbytes != shape:
+                    problems.append(f"{k!r} in {f}: packed NF4 codes of shape {inf['shape']} ({inf['dtype']}, "
+                                    f"{nbytes} bytes); a [{out_f}, {in_f}] weight needs {shape} bytes")
+            elif (inf["dtype"], inf["shape"]) != (dtype, shape):
+                problems.append(f"{k!r} in {f}: {inf['dtype']} {inf['shape']}, expected {dtype} {shape} "
+                                f"(blocksize {blocksize}, double quantization {double})")
+    if problems:
+        shown = "\n  ".join(sorted(problems)[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CheckpointError(f"{directory}: the 4-bit weights do not match config.json:\n  {shown}{more}")
+    return groups
 
 
 def _read_headers(directory: str) -> dict[str, tuple[str, dict]]:
@@ -245,11 +419,14 @@ def _read_headers(directory: str) -> dict[str, tuple[str, dict]]:
 
 
 def _match_keys(model: Transformer, found: dict[str, tuple[str, dict]], directory: str,
-                strict: bool) -> dict[str, str]:
-    """Compare the checkpoint's names, shapes and dtypes with the (meta) model. Returns the
-    plan name -> file for the tensors to load; raises listing every problem."""
+                strict: bool, four_bit: set[str] = frozenset()) -> dict[str, str]:
+    """Compare the checkpoint's float tensors' names, shapes and dtypes with the (meta) model.
+    four_bit: modules whose weight the checkpoint stores in 4 bits (checked by _four_bit_groups).
+    Returns the plan name -> file for the tensors to load; raises listing every problem."""
     cfg = model.config
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}  # non-persistent inv_freq excluded
+    for module in four_bit:
+        del expected[module + ".weight"]
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight")  # tied: the head *is* embed_tokens, stored once, under that name
     problems, skipped, plan = [], [], {}
@@ -275,8 +452,9 @@ def _match_keys(model: Transformer, found: dict[str, tuple[str, dict]], director
             problems.append(f"shape mismatch for {name!r} in {file}: checkpoint {info['shape']}, "
                             f"model from config.json expects {expected[name]}")
         if info["dtype"] not in FLOAT_DTYPES:
-            problems.append(f"{name!r} in {file} is {info['dtype']}: only float tensors (F32, F16, BF16) are "
-                            f"read; quantized checkpoints are not (load the bf16 release, then minift.quant)")
+            problems.append(f"{name!r} in {file} is {info['dtype']}: only float tensors (F32, F16, BF16) are read, "
+                            f"besides bitsandbytes 4-bit NF4 projections (with their quant_state keys); load the "
+                            f"bf16 release with quantize='nf4' instead")
         plan[name] = file
     files = sorted({file for file, _ in found.values()}) or ["(no tensors at all)"]
     where = files[0] if len(files) == 1 else f"any of {', '.join(files)} (listed in {INDEX_FILE})"
@@ -303,47 +481,71 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
     Writes config.json, model.safetensors (or shards + model.safetensors.index.json when the
     weights exceed max_shard_size, e.g. "5GB" = 5e9 bytes, "500MiB", or an int of bytes),
     generation_config.json, and the tokenizer's files if one is given. dtype: None keeps the
-    model's dtypes; else every tensor is converted (e.g. "bfloat16" to halve a fp32 model).
+    model's dtypes; else every float tensor is converted (e.g. "bfloat16" to halve a fp32 model).
     Each file is written atomically (minift.safeio); config.json goes last, so a directory whose
     save was interrupted has no config.json and fails to load loudly rather than half-new.
 
-    The model must be plain: LoRA wrappers must be merged first (minift.lora.merge), and a
-    4-bit model cannot be saved as a full checkpoint (save the adapter instead).
+    LoRA wrappers must be merged first (minift.lora.merge), or saved alone (lora.save_adapter).
+    A model whose projections are quant.Linear4bit (QLoRA's base) is written in bitsandbytes'
+    4-bit layout with config.json's quantization_config, which transformers + bitsandbytes load
+    as it is (and load_pretrained too); its 4-bit tensors keep their dtypes whatever `dtype` says.
     """
     out_dir = os.fspath(out_dir)
     cfg = model.config
-    state = _plain_state_dict(model)
+    state, packed_keys = _checkpoint_state_dict(model)
     if dtype is not None:
         dtype = resolve_dtype(dtype, torch.device("cpu"))
-    limit = parse_size(max_shard_size)
 
-    # Plan the shards: tensors in state-dict order, a new shard when the next would overflow.
-    def nbytes(t):
-        return t.numel() * (dtype or t.dtype).itemsize
-    shards: list[list[str]] = [[]]
+    def stored_dtype(name):
+        return state[name].dtype if dtype is None or name in packed_keys else dtype
+
+    units = [(name, t.numel() * stored_dtype(name).itemsize) for name, t in state.items()]
+    write_weights(out_dir, units, lambda keys: {k: state[k].detach().to(device="cpu", dtype=stored_dtype(k))
+                                                .contiguous() for k in keys}, max_shard_size)
+    write_configs(out_dir, cfg, torch_dtype=stored_dtype("model.embed_tokens.weight"), tokenizer=tokenizer,
+                  quantization_config=bnb_quantization_config(model))
+
+
+def write_weights(out_dir: str, units: list[tuple[object, int]],
+                  produce: Callable[[list], dict[str, torch.Tensor]], max_shard_size: int | str = "5GB") -> None:
+    """Write the weights of a checkpoint one shard at a time (shared by save_pretrained and
+    minift.random_weights). units: (unit, bytes) in file order, a unit being whatever `produce`
+    turns into tensors (a tensor name; a layer); produce(units of one shard) -> {name: CPU tensor}.
+    Shards are planned from the sizes first (a new one when the next unit would overflow
+    max_shard_size), so their names model-0000k-of-0000N are known before anything is made; only
+    one shard's tensors are in host memory at a time. The index's total_size counts what was
+    written. Weights of an earlier save with another layout are removed."""
+    limit = parse_size(max_shard_size)
+    shards: list[list] = [[]]
     size = 0
-    for name, t in state.items():
-        if shards[-1] and size + nbytes(t) > limit:
+    for unit, nbytes in units:
+        if shards[-1] and size + nbytes > limit:
             shards.append([])
             size = 0
-        shards[-1].append(name)
-        size += nbytes(t)
+        shards[-1].append(unit)
+        size += nbytes
     n = len(shards)
     names = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale_weights(out_dir, keep=set(names) | ({INDEX_FILE} if n > 1 else set()))
-    for file, keys in zip(names, shards):
-        # One shard at a time on the CPU: peak host memory is one shard, not the model.
-        tensors = {k: state[k].detach().to(device="cpu", dtype=dtype or state[k].dtype).contiguous() for k in keys}
+    weight_map, total = {}, 0
+    for file, shard in zip(names, shards):
+        tensors = produce(shard)
         atomic_save_file(tensors, os.path.join(out_dir, file), metadata={"format": "pt"})
+        for k, t in tensors.items():
+            weight_map[k] = file
+            total += t.numel() * t.element_size()
         del tensors
     if n > 1:
-        weight_map = {k: file for file, keys in zip(names, shards) for k in keys}
-        total = sum(nbytes(t) for t in state.values())
         atomic_write_json({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                           os.path.join(out_dir, INDEX_FILE))
+    logger.info("wrote %s (%d file%s, %s bytes)", out_dir, n, "s" if n > 1 else "", f"{total:,}")
 
+
+def write_configs(out_dir: str, cfg: ModelConfig, torch_dtype: torch.dtype, tokenizer=None,
+                  quantization_config: dict | None = None) -> None:
+    """generation_config.json, the tokenizer's files, then config.json (last: see save_pretrained)."""
     generation = {k: v for k, v in (("bos_token_id", cfg.bos_token_id), ("eos_token_id", cfg.eos_token_id),
                                     ("pad_token_id", cfg.pad_token_id)) if v is not None}
     atomic_write_json(generation, os.path.join(out_dir, "generation_config.json"))
@@ -352,39 +554,73 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
             raise TypeError(f"tokenizer must have a .save(directory) method (minift.Tokenizer); "
                             f"got {type(tokenizer).__name__}")
         tokenizer.save(out_dir)
-    saved_dtype = dtype or state["model.embed_tokens.weight"].dtype
-    out_cfg = dataclasses.replace(cfg, torch_dtype=str(saved_dtype).removeprefix("torch."))
+    extra = {k: v for k, v in cfg.extra.items() if k != "quantization_config"}
+    if quantization_config is not None:
+        extra["quantization_config"] = quantization_config
+    out_cfg = dataclasses.replace(cfg, torch_dtype=str(torch_dtype).removeprefix("torch."), extra=extra)
     atomic_write_json(out_cfg.to_hf_dict(), os.path.join(out_dir, "config.json"))
-    logger.info("saved %s (%d file%s)", out_dir, n, "s" if n > 1 else "")
 
 
-def _plain_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """The state dict a checkpoint stores, after checking the model is a plain one."""
+def bnb_quantization_config(model: nn.Module) -> dict | None:
+    """config.json's quantization_config for a model with Linear4bit projections, as transformers'
+    BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", ...).to_dict() writes it;
+    None for a float model. transformers reads each layer's blocksize from its quant_state blob,
+    and skips the output head (and anything in llm_int8_skip_modules) when it converts the model."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, quant.Linear4bit)]
+    if not layers:
+        return None
+    float_projections = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                         and name.rsplit(".", 1)[-1] in LINEAR_NAMES and name.rsplit(".", 1)[-1] != "lm_head"]
+    first = layers[0][1]
+    return {
+        "quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
+        "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": first.double_quant,
+        "bnb_4bit_compute_dtype": str(first.compute_dtype).removeprefix("torch."),
+        "bnb_4bit_quant_storage": "uint8", "llm_int8_skip_modules": float_projections or None,
+        "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False,
+        "llm_int8_enable_fp32_cpu_offload": False,
+    }
+
+
+def _checkpoint_state_dict(model: Transformer) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The state dict a checkpoint stores, after checking the model is one (plain nn.Linear or
+    4-bit Linear4bit projections, a float head); and the keys of the 4-bit tensors."""
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in LINEAR_NAMES and type(module) is not nn.Linear:
+        leaf = name.rsplit(".", 1)[-1]
+        four_bit_ok = isinstance(module, quant.Linear4bit) and leaf != "lm_head"
+        if leaf in LINEAR_NAMES and type(module) is not nn.Linear and not four_bit_ok:
             raise CheckpointError(
-                f"{name} is a {type(module).__name__}, not a plain nn.Linear: a full checkpoint stores plain "
-                f"weights. For LoRA, merge first (minift.lora.merge(model)) or save only the adapter "
-                f"(minift.lora.save_adapter); a 4-bit base cannot be written back as a full checkpoint.")
+                f"{name} is a {type(module).__name__}, not a plain nn.Linear or a quant.Linear4bit: a full "
+                f"checkpoint stores plain (or 4-bit) weights. For LoRA, merge first (minift.lora.merge(model)) "
+                f"or save only the adapter (minift.lora.save_adapter).")
     cfg = model.config
     tied = model.lm_head.weight is model.model.embed_tokens.weight
     if tied != cfg.tie_word_embeddings:
         raise CheckpointError(f"config.tie_word_embeddings is {cfg.tie_word_embeddings} but lm_head.weight "
                               f"{'is' if tied else 'is not'} the embedding matrix: make them agree before saving")
     state = model.state_dict()
+    four_bit = {name: m for name, m in model.named_modules() if isinstance(m, quant.Linear4bit)}
+    packed_keys = {k for k in state if k.rpartition(".weight")[0] in four_bit
+                   and (k.endswith(".weight") or ".weight." in k)}
     if tied:
         del state["lm_head.weight"]  # stored once, as model.embed_tokens.weight (transformers re-ties it)
     with torch.device("meta"):
         reference = Transformer(cfg).state_dict()
     if tied:
         del reference["lm_head.weight"]
-    extra, missing = state.keys() - reference.keys(), reference.keys() - state.keys()
-    bad_shapes = [f"{k}: {list(state[k].shape)} vs config {list(reference[k].shape)}"
-                  for k in state.keys() & reference.keys() if state[k].shape != reference[k].shape]
+    bad_shapes = [f"{name}: ({m.out_features}, {m.in_features}) vs config {list(reference[name + '.weight'].shape)}"
+                  for name, m in four_bit.items() if name + ".weight" in reference
+                  and (m.out_features, m.in_features) != tuple(reference[name + ".weight"].shape)]
+    for name in four_bit:  # compared above by shape; their stored keys are bitsandbytes'
+        reference.pop(name + ".weight", None)
+    plain = {k: v for k, v in state.items() if k not in packed_keys}
+    extra, missing = plain.keys() - reference.keys(), reference.keys() - plain.keys()
+    bad_shapes += [f"{k}: {list(plain[k].shape)} vs config {list(reference[k].shape)}"
+                   for k in plain.keys() & reference.keys() if plain[k].shape != reference[k].shape]
     if extra or missing or bad_shapes:
         raise CheckpointError(f"the model's tensors do not match its config (merge LoRA first?): "
                               f"extra {sorted(extra)[:5]}, missing {sorted(missing)[:5]}, shapes {bad_shapes[:5]}")
-    return state
+    return state, packed_keys
 
 
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")

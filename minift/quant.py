@@ -123,6 +123,25 @@ class Linear4bit(nn.Module):
         return cls.from_weight(linear.weight, linear.bias, blocksize=blocksize, double_quant=double_quant,
                                compute_dtype=compute_dtype)
 
+    @classmethod
+    def from_bnb_state(cls, tensors: dict[str, torch.Tensor], prefix: str, in_features: int, out_features: int,
+                       compute_dtype: torch.dtype, device=None) -> "Linear4bit":
+        """A layer from the tensors bitsandbytes saved for one module (`<prefix>weight`, its
+        `weight.absmax` ... `weight.quant_state.bitsandbytes__nf4`, `<prefix>bias` if any), taken
+        as they are: the packed codes are never dequantized. The stored blocksize and double
+        quantization are the layer's. Raises ValueError naming the key on any mismatch."""
+        tensors = {k: v.to(device) for k, v in tensors.items()} if device is not None else tensors
+        state = nf4.NF4State.from_bnb_dict(tensors, prefix + "weight.")
+        layer = cls(in_features, out_features, bias=prefix + "bias" in tensors, blocksize=state.blocksize,
+                    double_quant=state.double_quant, compute_dtype=compute_dtype, weight_dtype=state.dtype,
+                    device="meta")
+        missing, unexpected, errors = [], [], []
+        layer._load_from_state_dict(tensors, prefix, {}, True, missing, unexpected, errors)
+        problems = errors + [f"missing key {k!r}" for k in missing] + [f"unexpected key {k!r}" for k in unexpected]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return layer
+
     def _set_state(self, packed: torch.Tensor, state: nf4.NF4State) -> None:
         """Install packed codes and statistics as buffers (replacing any there)."""
         self.register_buffer("weight", packed)
@@ -268,7 +287,19 @@ def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = T
     weight is an embedding's); or a list of names / name suffixes ("q_proj", "mlp.down_proj");
     or a regex that must match the full module name. Embeddings, norms and the head stay as they
     are. Layers are quantized one at a time and the float weight is released right after, so the
-    peak is the model plus one layer, not two models."""
+    peak is the model plus one layer, not two models. (minift.load_pretrained(quantize="nf4")
+    does the same while reading the checkpoint, so the float model never exists at all.)"""
+    for name in projection_names(model, targets):
+        linear = model.get_submodule(name)
+        replace_module(model, name, Linear4bit.from_linear(linear, blocksize=blocksize, double_quant=double_quant,
+                                                           compute_dtype=compute_dtype))
+        del linear  # last reference: the float weight is freed here, before the next layer
+    return model
+
+
+def projection_names(model: nn.Module, targets=None) -> list[str]:
+    """The nn.Linear modules quantize_model turns into Linear4bit (see its `targets`). Works on a
+    model built on the meta device, which is how load_pretrained plans a quantized load."""
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     names = []
     for name, module in model.named_modules():
@@ -285,14 +316,14 @@ def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = T
             names.append(name)
     if not names:
         raise ValueError(f"quantize_model: no nn.Linear matched targets={targets!r}")
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        linear = getattr(parent, child)
-        setattr(parent, child, Linear4bit.from_linear(linear, blocksize=blocksize, double_quant=double_quant,
-                                                      compute_dtype=compute_dtype))
-        del linear  # last reference: the float weight is freed here, before the next layer
-    return model
+    return names
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """model.<name> = new (name dotted, e.g. 'model.layers.0.mlp.up_proj')."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
 
 
 def quantized_bytes(model: nn.Module) -> dict[str, int]:
