@@ -233,7 +233,7 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "a
                     weight, bias, blocksize=blocksize, double_quant=double_quant))
                 del weight, bias  # the float copy goes before the next projection is read
             else:
-                _assign(model, unit, read(unit).to(device=dev, dtype=dt))
+                assign_tensor(model, unit, read(unit).to(device=dev, dtype=dt))
     finally:
         for reader in readers.values():
             reader.close()
@@ -253,7 +253,7 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "a
     return model.eval()
 
 
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def assign_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     """model.<name> = tensor, as load_state_dict(assign=True) does: the tensor read becomes the
     parameter (no second copy), keeping the parameter's requires_grad."""
     module_name, _, leaf = name.rpartition(".")
@@ -562,20 +562,25 @@ def write_configs(out_dir: str, cfg: ModelConfig, torch_dtype: torch.dtype, toke
 
 
 def bnb_quantization_config(model: nn.Module) -> dict | None:
-    """config.json's quantization_config for a model with Linear4bit projections, as transformers'
-    BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", ...).to_dict() writes it;
-    None for a float model. transformers reads each layer's blocksize from its quant_state blob,
-    and skips the output head (and anything in llm_int8_skip_modules) when it converts the model."""
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, quant.Linear4bit)]
+    """config.json's quantization_config for a model with Linear4bit projections (None for a
+    float model): see bnb_4bit_config. Projections left float are listed as skipped."""
+    layers = [m for m in model.modules() if isinstance(m, quant.Linear4bit)]
     if not layers:
         return None
     float_projections = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)
                          and name.rsplit(".", 1)[-1] in LINEAR_NAMES and name.rsplit(".", 1)[-1] != "lm_head"]
-    first = layers[0][1]
+    return bnb_4bit_config(layers[0].double_quant, layers[0].compute_dtype, float_projections)
+
+
+def bnb_4bit_config(double_quant: bool, compute_dtype: torch.dtype, float_projections: list[str] | None = None
+                    ) -> dict:
+    """quantization_config as transformers' BitsAndBytesConfig(load_in_4bit=True,
+    bnb_4bit_quant_type="nf4", ...).to_dict() writes it. transformers reads each layer's blocksize
+    from its quant_state blob, and leaves the output head (and llm_int8_skip_modules) unconverted."""
     return {
         "quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
-        "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": first.double_quant,
-        "bnb_4bit_compute_dtype": str(first.compute_dtype).removeprefix("torch."),
+        "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": double_quant,
+        "bnb_4bit_compute_dtype": str(compute_dtype).removeprefix("torch."),
         "bnb_4bit_quant_storage": "uint8", "llm_int8_skip_modules": float_projections or None,
         "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False,
         "llm_int8_enable_fp32_cpu_offload": False,

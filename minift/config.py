@@ -219,6 +219,16 @@ PRESETS = {
     "qwen2.5-7b": lambda: _qwen25(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                                   num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                                   tie_word_embeddings=False, name_or_path="Qwen/Qwen2.5-7B-Instruct"),
+    # https://huggingface.co/Qwen/Qwen2.5-14B-Instruct/blob/main/config.json (the seed's 13B row)
+    # 14,770,033,664 parameters (untied)
+    "qwen2.5-14b": lambda: _qwen25(vocab_size=152064, hidden_size=5120, intermediate_size=13824,
+                                   num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8,
+                                   tie_word_embeddings=False, name_or_path="Qwen/Qwen2.5-14B-Instruct"),
+    # https://huggingface.co/Qwen/Qwen2.5-72B-Instruct/blob/main/config.json (the seed's 70B row)
+    # 72,706,203,648 parameters (untied)
+    "qwen2.5-72b": lambda: _qwen25(vocab_size=152064, hidden_size=8192, intermediate_size=29568,
+                                   num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                                   tie_word_embeddings=False, name_or_path="Qwen/Qwen2.5-72B-Instruct"),
     # https://huggingface.co/HuggingFaceTB/SmolLM2-360M-Instruct/blob/main/config.json
     "smollm2-360m": lambda: ModelConfig(
         vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
