@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from minift import lora, memory, quant
+from minift import lora, memory
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
@@ -100,8 +100,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         logger.warning(w)
 
     tok = load_tokenizer(model_dir)
-    model = load_pretrained(model_dir, dtype=dtype, device=device)
-    n_params = model.num_params()
+    # QLoRA: each projection is quantized as it is read, so the float base never exists (issue 10).
+    model = load_pretrained(model_dir, dtype=dtype, device=device, quantize="nf4" if cfg.method == "qlora" else None)
+    n_params = model.config.num_params()  # the checkpoint's count (a Linear4bit's codes are buffers)
 
     data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
                     max_examples=cfg.max_examples)
@@ -130,8 +131,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         warnings.append(f"no memory prediction for this run: {e}")
         logger.warning(warnings[-1])
 
-    if cfg.method == "qlora":  # "before" is the base as QLoRA trains it: already in NF4
-        quant.quantize_model(model, compute_dtype=dtype)
+    # "before" is the base as the method trains it (QLoRA's already in NF4, from loading).
     # The sample prompt: the first held-out request, so "before" and "after" answer an unseen one.
     # Everything before its first answer (a system message, if any, and the request): a multi-turn
     # conversation must not become two user turns in a row.
