@@ -15,6 +15,7 @@ at the end unless --keep.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -27,18 +28,21 @@ from minift.checkpoint import load_pretrained, save_pretrained
 from minift.random_weights import build_random_model, write_random_checkpoint
 
 
-def timed(results: dict, key: str, fn):
-    """Run fn, recording its seconds and the device's peak allocated bytes under results[key]."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
+def timed(results: dict, key: str, fn, *, cuda: bool):
+    """Run fn, recording its seconds (and on CUDA the peak allocated bytes) under results[key]."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else None
     t0 = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
-    results[key] = {"seconds": round(time.perf_counter() - t0, 2), "allocated_before": before,
-                    "peak_allocated": torch.cuda.max_memory_allocated(),
-                    "allocated_after": torch.cuda.memory_allocated()}
+    if cuda:
+        torch.cuda.synchronize()
+    results[key] = {"seconds": round(time.perf_counter() - t0, 2)}
+    if cuda:
+        results[key].update(allocated_before=before, peak_allocated=torch.cuda.max_memory_allocated(),
+                            allocated_after=torch.cuda.memory_allocated())
     return out
 
 
@@ -53,13 +57,16 @@ def main() -> None:
     ap.add_argument("--dir", required=True, help="scratch directory for the checkpoints (about 3.3 x the bf16 size)")
     ap.add_argument("--json", required=True)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--device", default="cuda", help="cuda (what it is for); cpu runs the same checks, small presets")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("needs a CUDA device")
+    dev, cuda = args.device, args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device (pass --device cpu to run the checks on a small preset)")
     cfg = ModelConfig.preset(args.preset)
     bf16_dir, ours_dir, random4_dir = (os.path.join(args.dir, n) for n in ("bf16", "nf4-saved", "nf4-random"))
-    results = {"preset": args.preset, "params": cfg.num_params(), "device": torch.cuda.get_device_name()}
+    results = {"preset": args.preset, "params": cfg.num_params(), "device": torch.cuda.get_device_name() if cuda else dev}
     failures = []
+    measure = functools.partial(timed, results, cuda=cuda)
 
     def check(name, ok):
         results[name] = bool(ok)
@@ -67,26 +74,26 @@ def main() -> None:
             failures.append(name)
 
     try:
-        timed(results, "write_bf16", lambda: write_random_checkpoint(cfg, bf16_dir, dtype="bfloat16", device="cuda"))
+        measure("write_bf16", lambda: write_random_checkpoint(cfg, bf16_dir, dtype="bfloat16", device=dev))
         results["write_bf16"]["bytes"] = sum(os.path.getsize(os.path.join(bf16_dir, f)) for f in os.listdir(bf16_dir))
-        streamed = timed(results, "load_nf4_streaming", lambda: load_pretrained(
-            bf16_dir, dtype="bfloat16", device="cuda", quantize="nf4"))
+        streamed = measure("load_nf4_streaming", lambda: load_pretrained(
+            bf16_dir, dtype="bfloat16", device=dev, quantize="nf4"))
         results["nf4_model_bytes"] = quant.quantized_bytes(streamed)["total"]
-        old = timed(results, "load_bf16_then_quantize_model", lambda: quant.quantize_model(load_pretrained(
-            bf16_dir, dtype="bfloat16", device="cuda")))
+        old = measure("load_bf16_then_quantize_model", lambda: quant.quantize_model(load_pretrained(
+            bf16_dir, dtype="bfloat16", device=dev)))
         check("streaming_equals_load_then_quantize", same_bytes(streamed, old))
         del old
-        timed(results, "save_nf4", lambda: save_pretrained(streamed, ours_dir))
-        reloaded = timed(results, "load_saved_nf4", lambda: load_pretrained(ours_dir, dtype="bfloat16", device="cuda"))
+        measure("save_nf4", lambda: save_pretrained(streamed, ours_dir))
+        reloaded = measure("load_saved_nf4", lambda: load_pretrained(ours_dir, dtype="bfloat16", device=dev))
         check("saved_nf4_reloads_byte_for_byte", same_bytes(reloaded, streamed))
         del reloaded, streamed
-        timed(results, "write_random_nf4", lambda: write_random_checkpoint(
-            cfg, random4_dir, dtype="bfloat16", quantize="nf4", device="cuda"))
+        measure("write_random_nf4", lambda: write_random_checkpoint(
+            cfg, random4_dir, dtype="bfloat16", quantize="nf4", device=dev))
         results["write_random_nf4"]["bytes"] = sum(os.path.getsize(os.path.join(random4_dir, f))
                                                    for f in os.listdir(random4_dir))
-        loaded4 = timed(results, "load_random_nf4", lambda: load_pretrained(random4_dir, dtype="bfloat16",
-                                                                           device="cuda"))
-        built = timed(results, "build_random_nf4", lambda: build_random_model(cfg, "cuda", quantize="nf4"))
+        loaded4 = measure("load_random_nf4", lambda: load_pretrained(random4_dir, dtype="bfloat16",
+                                                                           device=dev))
+        built = measure("build_random_nf4", lambda: build_random_model(cfg, dev, quantize="nf4"))
         check("random_nf4_checkpoint_equals_built_model", same_bytes(loaded4, built))
     finally:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
