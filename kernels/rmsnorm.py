@@ -151,7 +151,9 @@ if triton is not None:
         first = start.to(tl.int64)                   # 64-bit offsets: N * h may pass 2^31
         x_ptr, dy_ptr, dx_ptr = X + first * stride_x, DY + first * stride_dy, DX + first * stride_dx
         rstd_ptr = RSTD + first
-        for _ in range(start, end):
+        row = start
+        while row < end:      # not range(start, end): triton 3.6's interpreter cannot take a runtime
+                              # bound there (see kernels/softmax_xent.py)
             x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             rstd = tl.load(rstd_ptr)
@@ -164,6 +166,7 @@ if triton is not None:
             dy_ptr += stride_dy
             dx_ptr += stride_dx
             rstd_ptr += 1
+            row += 1
         tl.store(DW_PART + pid * N + cols, dw, mask=mask)
 
 

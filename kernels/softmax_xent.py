@@ -66,12 +66,18 @@ if triton is not None:
         # pass 1: log-sum-exp with a running max m and running sum s of exp(x - m)
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
-        for start in range(0, V, BLOCK):
+        # `while`, not `for start in range(0, V, BLOCK)`: triton 3.6's interpreter (TRITON_INTERPRET=1)
+        # turns a runtime bound such as V into int(1-element array), which numpy >= 2.4 refuses
+        # (fixed in later triton); a while condition only needs bool(). Compiled, it is an scf.while
+        # (same loads and math; scripts/check_kernels.py times it on the GPU).
+        start = 0
+        while start < V:
             cols = start + tl.arange(0, BLOCK)
             x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)   # (BLOCK,)
             m_new = tl.maximum(m, tl.max(x, axis=0))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
             m = m_new
+            start += BLOCK
         lse = m + tl.log(s)
         # a target outside [0, V) reads nothing and makes the row's loss NaN (the reference's gather
         # would fail there); the train loop names such a batch on the CPU before it gets here
@@ -82,12 +88,14 @@ if triton is not None:
         if WRITE_GRAD:
             scale = tl.where(counted, tl.load(SCALE), 0.0)
             one = tl.where(counted, 1.0, 0.0)
-            for start in range(0, V, BLOCK):
+            start = 0
+            while start < V:                                   # a while for the interpreter, as above
                 cols = start + tl.arange(0, BLOCK)
                 x = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32)
                 p = tl.exp(x - lse)
                 p = tl.where(cols == safe_t, p - one, p)
                 tl.store(base + cols, (p * scale).to(LOGITS.dtype.element_ty), mask=cols < V)
+                start += BLOCK
 
 
 _BLOCK = 4096   # logits per loop step: 8 KB of bf16 per row in flight

@@ -99,3 +99,12 @@ def tiny_hf_checkpoint(tmp_path_factory):
         return str(directory), model
 
     return make
+
+
+# bitsandbytes as the NF4 reference. On a CUDA machine bnb loads libbitsandbytes_cudaXXX.so, whose
+# CPU entry points (cquantize_blockwise_cpu_*, cdequantize_blockwise_cpu_nf4_fp16, ...) are another
+# build of the C++ CPU code than libbitsandbytes_cpu.so: on the H200 image they pick neighbouring
+# 8-bit codes for some absmax values and round fp16 dequantized values differently, while bnb's CUDA
+# kernels agree with minift bit for bit. So the reference is bnb on CUDA wherever CUDA exists, and
+# bnb's CPU backend (libbitsandbytes_cpu.so, the one a CPU-only install loads) only where it does not.
+BNB_REFERENCE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

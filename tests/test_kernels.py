@@ -121,24 +121,40 @@ def test_manual_backwards_match_autograd_on_the_reference(dtype):
         assert rel_err(ref, t) <= TOL[dtype] and rel_err(got, t) <= TOL[dtype]
 
 
+def _saved_by(fn, *args):
+    """The tensors autograd saves while fn(*args) runs, in save order, as they were saved.
+
+    Recorded with saved_tensors_hooks (what autograd does, on every torch version) rather than read
+    back through grad_fn.saved_tensors: torch 2.11 raises "Trying to backward through the graph a
+    second time" there once the output of a custom Function is a dropped temporary."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, saved
+
+
 def test_saved_tensors_are_what_the_docstrings_say():
     """RMSNorm keeps x (no copy) and rstd (one fp32 per token); SwiGLU keeps gate and up; RoPE
     keeps only cos and sin. The memory model counts these bytes (see each file's Note)."""
     x = torch.randn(2, 3, 16, dtype=torch.bfloat16, requires_grad=True)
     w = torch.ones(16, dtype=torch.bfloat16, requires_grad=True)
-    y = rmsnorm.rms_norm_manual(x, w, 1e-6)
-    saved = y.grad_fn.saved_tensors
-    assert len(saved) == 3 and saved[0].data_ptr() == x.data_ptr() and saved[1] is not None
+    _, saved = _saved_by(rmsnorm.rms_norm_manual, x, w, 1e-6)
+    assert len(saved) == 3 and saved[0].data_ptr() == x.data_ptr() and saved[1].data_ptr() == w.data_ptr()
     assert saved[2].dtype == torch.float32 and saved[2].shape == (6,)
     per_token = (saved[0].numel() * 2 + saved[2].numel() * 4) / 6
     assert per_token == rmsnorm.saved_bytes_per_token(16, 2) == 2 * 16 + 4
     gate, up = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
-    saved = swiglu.swiglu_manual(gate, up).grad_fn.saved_tensors
+    _, saved = _saved_by(swiglu.swiglu_manual, gate, up)
     assert [t.data_ptr() for t in saved] == [gate.data_ptr(), up.data_ptr()]
     assert sum(t.numel() * t.element_size() for t in saved) / 4 == swiglu.saved_bytes_per_token(8, 4)
     q = torch.randn(1, 2, 3, 8, requires_grad=True)
     cos, sin = _rope_cos_sin(1, 3, 8, torch.float32)
-    saved = rope.apply_rope_manual(q, cos, sin).grad_fn.saved_tensors
+    _, saved = _saved_by(rope.apply_rope_manual, q, cos, sin)
     assert [t.data_ptr() for t in saved] == [cos.data_ptr(), sin.data_ptr()]
 
 

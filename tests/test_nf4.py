@@ -12,6 +12,7 @@ import torch
 bnb_F = pytest.importorskip("bitsandbytes.functional")
 from bitsandbytes.backends.default.ops import _dequantize_4bit_compute  # noqa: E402
 
+from conftest import BNB_REFERENCE_DEVICE  # noqa: E402
 from minift.kernels import nf4  # noqa: E402
 
 # bnb wraps its pure-PyTorch dequantize in torch.compile (which needs a C++ toolchain and tens of
@@ -110,7 +111,12 @@ def test_quantize_matches_bnb(shape, dtype, double_quant):
     packed, state = nf4.quantize(w, blocksize=64, double_quant=double_quant)
     n = w.numel()
 
-    bnb_packed, bnb_state = bnb_F.quantize_4bit(w, blocksize=64, compress_statistics=double_quant, quant_type="nf4")
+    dev = BNB_REFERENCE_DEVICE   # bnb on CUDA where there is one (tests/conftest.py says why)
+    bnb_packed, bnb_state = bnb_F.quantize_4bit(w.to(dev), blocksize=64, compress_statistics=double_quant,
+                                                quant_type="nf4")
+    theirs = bnb_F.dequantize_4bit(bnb_packed, bnb_state).reshape(shape).cpu()
+    bnb_packed = bnb_packed.cpu()
+    bnb_state.to("cpu")                                  # QuantState.to moves in place
     assert packed.dtype == torch.uint8 and packed.shape == ((n + 1) // 2, 1)
     assert torch.equal(packed, bnb_packed)
     if double_quant:
@@ -118,15 +124,14 @@ def test_quantize_matches_bnb(shape, dtype, double_quant):
         assert torch.equal(state.offset, bnb_state.offset)
         assert torch.equal(state.nested_absmax, bnb_state.state2.absmax)
         assert torch.equal(state.nested_code, bnb_state.state2.code)
-        # ... and the 8-bit codes identical to bnb's default backend (its C++ CPU step can differ
-        # in a few codes; test_bnb_cpu_8bit_step_is_not_nearest pins that).
-        _, q_absmax, _, _ = bnb_quantize_4bit_default(w, 64, True)
+        # ... and the 8-bit codes identical to bnb's on CUDA; on CPU to bnb's default backend (its
+        # C++ CPU step can differ in a few codes; test_bnb_cpu_8bit_step_is_not_nearest pins that).
+        q_absmax = bnb_state.absmax if dev == "cuda" else bnb_quantize_4bit_default(w, 64, True)[1]
         assert state.absmax.dtype == torch.uint8 and torch.equal(state.absmax, q_absmax)
     else:
         assert state.absmax.dtype == torch.float32 and torch.equal(state.absmax, bnb_state.absmax)
 
     # Dequantize bnb's own bytes and state with our function: identical to bnb.
-    theirs = bnb_F.dequantize_4bit(bnb_packed, bnb_state).reshape(shape)
     ours_of_theirs = nf4.dequantize(bnb_packed, state_from_bnb(bnb_state))
     assert ours_of_theirs.shape == w.shape and ours_of_theirs.dtype == dtype
     assert torch.equal(ours_of_theirs, theirs)

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_REAL = os.path.realpath(REPO)
 
 PROBE = """
 import importlib.util, json
@@ -30,10 +31,21 @@ print(json.dumps({"kernels": top_level, "ce_file": ce.__file__, "minift_file": m
 """
 
 
+def _pythonpath_without_the_repo() -> str:
+    """The parent's PYTHONPATH less any entry inside this repository: packages installed with
+    `pip install --target DIR` + PYTHONPATH=DIR (bitsandbytes on the GPU image) stay importable,
+    while minift itself must come from the install, not from the source folder."""
+    def inside_repo(entry: str) -> bool:
+        path = os.path.realpath(entry or ".")
+        return path == REPO_REAL or path.startswith(REPO_REAL + os.sep)
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join(e for e in entries if e and not inside_repo(e))
+
+
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("outside_repo")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what is installed
+    env = dict(os.environ, PYTHONPATH=_pythonpath_without_the_repo())
     proc = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,6 +19,7 @@ bnb = pytest.importorskip("bitsandbytes")
 import bitsandbytes.functional as bnb_F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from conftest import BNB_REFERENCE_DEVICE  # noqa: E402
 from minift import ModelConfig, Transformer  # noqa: E402
 from minift.kernels import nf4  # noqa: E402
 from minift.quant import Linear4bit, quantize_model, quantized_bytes  # noqa: E402
@@ -94,11 +95,13 @@ def test_our_state_dict_loads_in_bnb(dtype, double_quant):
     ours = Linear4bit.from_linear(lin, double_quant=double_quant)
     sd = ours.state_dict()
     theirs = bnb_linear_from_state_dict(sd, 128, 96, dtype)
-    assert torch.equal(bnb_F.dequantize_4bit(theirs.weight, theirs.weight.quant_state), ours.dequantize())
-    x = inputs(128, dtype, seed=3)
+    dev = BNB_REFERENCE_DEVICE   # bnb's reference kernels: CUDA where there is one (tests/conftest.py)
+    theirs_dev, ours_dev, x = theirs.to(dev), Linear4bit.from_linear(lin, double_quant=double_quant).to(dev), \
+        inputs(128, dtype, seed=3).to(dev)
+    assert torch.equal(bnb_F.dequantize_4bit(theirs_dev.weight, theirs_dev.weight.quant_state), ours_dev.dequantize())
     with torch.no_grad():
-        assert torch.equal(theirs(x), ours(x))
-    back = theirs.state_dict()
+        assert torch.equal(theirs_dev(x), ours_dev(x))
+    back = theirs.to("cpu").state_dict()
     assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
 
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole test suite on a CUDA machine, the CUDA-only tests included and counted
+# (tests/test_cuda_graph.py, tests/test_on_cuda.py: compiled Triton kernels, the CUDA allocator's
+# peak, the capstone on the GPU; bitsandbytes compared on CUDA, tests/conftest.py).
+#
+#   OUT=/some/dir bash scripts/gpu_check.sh
+#
+# Installs minift (editable, no network: --no-build-isolation --no-deps) and, if ./.whl holds
+# wheels (bitsandbytes, liger-kernel on the GPU image), installs them with --target /tmp/site and
+# puts that on PYTHONPATH. Writes $OUT/junit.xml, $OUT/pytest.log and $OUT/gpu_check.json
+# (versions and counts). Fails if CUDA is missing, if any test fails or errors, or if no CUDA test ran.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to a directory for the results}
+mkdir -p "$OUT"
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python -m pip install -q --no-build-isolation --no-deps -e .
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: no CUDA device')"
+
+set +e
+python -m pytest -q -p no:cacheprovider -rs --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.log"
+status=${PIPESTATUS[0]}
+set -e
+
+python - "$OUT" "$status" <<'PY'
+import json, sys, xml.etree.ElementTree as ET
+import torch
+out, status = sys.argv[1], int(sys.argv[2])
+cases = list(ET.parse(f"{out}/junit.xml").getroot().iter("testcase"))
+def outcome(c):
+    for tag in ("failure", "error", "skipped"):
+        if c.find(tag) is not None:
+            return tag
+    return "passed"
+counts = {}
+for c in cases:
+    counts[outcome(c)] = counts.get(outcome(c), 0) + 1
+cuda_files = ("test_cuda_graph", "test_on_cuda")
+cuda_ran = [c.get("classname") + "::" + c.get("name") for c in cases
+            if c.get("classname", "").split(".")[-1] in cuda_files and outcome(c) == "passed"]
+versions = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+            "device": torch.cuda.get_device_name(0)}
+for name in ("triton", "transformers", "peft", "bitsandbytes", "numpy"):
+    try:
+        versions[name] = __import__(name).__version__
+    except ImportError:
+        versions[name] = None
+report = {"pytest_exit": status, "counts": counts, "cuda_tests_passed": len(cuda_ran), "versions": versions}
+json.dump(report, open(f"{out}/gpu_check.json", "w"), indent=1)
+print(json.dumps(report, indent=1))
+ok = status == 0 and counts.get("failure", 0) == 0 and counts.get("error", 0) == 0 and cuda_ran
+sys.exit(0 if ok else "gpu_check.sh: FAILED (see pytest.log)")
+PY

@@ -1,0 +1,71 @@
+"""What only a CUDA GPU can check; skipped elsewhere (with the reason), run by scripts/gpu_check.sh.
+
+  compiled Triton kernels   scripts/check_kernels.py's accuracy checks (each kernel against its
+                            PyTorch reference and a float64 truth, TOL as in test_kernels.py);
+                            the CPU suite runs the same kernels only under TRITON_INTERPRET=1
+  memory                    minift.memory.estimate against torch.cuda.max_memory_allocated for the
+                            peak cases test_memory.py checks against the CPU allocator
+  capstone                  scripts/lora_qwen.py, LoRA and QLoRA, in bf16 on the GPU
+CUDA graphs have their own file (test_cuda_graph.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_capstone import SCRIPT, base_and_pairs  # noqa: F401 - the fixture, reused
+from test_memory import CASES
+
+from minift import ModelConfig, measure, memory
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (scripts/gpu_check.sh runs these on one)")
+
+
+def test_compiled_triton_kernels_match_their_references(tmp_path):
+    pytest.importorskip("triton")
+    sections = "rmsnorm,rope,swiglu,nf4,xent"          # not copy/ce: those are timings, no kernel of ours
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "check_kernels.py"), "--out", str(tmp_path),
+                           "--only", sections], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    with open(tmp_path / "check_kernels.json", encoding="utf-8") as f:
+        rep = json.load(f)
+    accuracy = [r for r in rep["rows"] if r["kind"] == "accuracy"]
+    assert rep["failed"] == 0 and len(accuracy) >= 5, rep
+
+
+@pytest.mark.parametrize("kw,method,dtype,ckpt,B,T,chunk", CASES)
+def test_peak_matches_the_cuda_allocator(kw, method, dtype, ckpt, B, T, chunk):
+    """The CPU test's cases and tolerance (-1% .. +5%, reasons in test_memory.py), measured with
+    torch.cuda.max_memory_allocated and predicted for device="cuda"."""
+    cfg = ModelConfig(**kw)
+    torch.cuda.empty_cache()
+    m = measure.run_training_steps(cfg, method, B, T, steps=2, device="cuda", dtype=dtype, grad_ckpt=ckpt,
+                                   lora_r=8, loss_chunk=chunk)
+    est = memory.estimate(cfg, method, B, T, param_dtype=dtype, grad_ckpt=ckpt, lora_r=8, loss_chunk=chunk,
+                          device="cuda")
+    err = (est.total - m.peak) / m.peak
+    assert -0.01 <= err <= 0.05, f"{method} {dtype} ckpt={ckpt}: predicted {est.total}, measured {m.peak} " \
+                                 f"({100 * err:+.2f}%, peak phase {est.peak_phase})"
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_capstone_script_on_cuda(base_and_pairs, tmp_path, method):  # noqa: F811
+    base, pairs, _ = base_and_pairs
+    out = tmp_path / method
+    proc = subprocess.run([sys.executable, SCRIPT, "--model", base, "--method", method, "--data", pairs,
+                           "--steps", "2", "--seq-len", "128", "--batch-size", "2", "--device", "cuda",
+                           "--dtype", "bfloat16", "--no-progress", "--out", str(out)],
+                          cwd=tmp_path, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "report.json", encoding="utf-8") as f:
+        rep = json.load(f)
+    assert rep["config"]["steps"] == 2 and rep["eval_after"]["loss"] > 0
+    assert sorted(os.listdir(out / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
