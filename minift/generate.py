@@ -111,7 +111,9 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalt
 # dequantizes), a layer with hooks (they belong to the original module), and layers compiled by
 # Transformer.compile_layers (the compiler has chosen how to compute them; a swapped module would
 # make it recompile). The swap writes the parent's _modules dict: nn.Module.__setattr__'s checks
-# cost ~10 us a module, 3% of a 0.5B decode step at 169 projections x 2.
+# cost ~10 us a module, 3% of a 0.5B decode step at 169 projections x 2. The swap belongs to the
+# model, not to a thread: a second thread calling the same model during a decode step would run
+# the DecodeLinears too (same weights, same results to rounding).
 #
 # When the compiled kernels pay (fast_matvec=None, "auto"): each decode step gets ~1.6-2x faster,
 # but building the kernels costs ~4.5 s once per process (~20 s the very first time on a machine,
@@ -180,8 +182,6 @@ def use_fast_matvec(model, fast_matvec: bool | None = None) -> bool:
 
 
 # ---------------------------------------------------------------------- the decoding loop
-
-
 def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                eos_token_ids: Sequence[int] | None = (), min_new_tokens: int = 0,
