@@ -11,9 +11,9 @@ So CPU and MPS users always get the reference, and nobody needs triton installed
 
 One op has a fast path on CPU instead of CUDA: `linear`, whose single-row decode product runs a
 TorchInductor-compiled matrix-vector loop (kernels/matvec.py) where `matvec.supported` says it runs
-and pays, and only inside `matvec.enabled()` (minift.generate's decode steps), because building the
-kernels costs seconds. MINIFT_KERNELS=reference turns it off too; "triton" leaves it as "auto"
-(there is no Triton matvec).
+and pays. Only minift.generate's decode steps call it (their DecodeLinear stands in for nn.Linear),
+because building the kernels costs seconds. MINIFT_KERNELS=reference turns it off too; "triton"
+leaves it as "auto" (there is no Triton matvec).
 The environment variable is read on every call (a dict lookup), so a test or a benchmark can
 switch it without re-importing anything.
 
@@ -114,8 +114,7 @@ def dequantize_nf4(packed: torch.Tensor, state, out_dtype: torch.dtype | None = 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T + b, nn.Linear's product. x (..., in), weight (out, in), bias (out,) or None."""
     from minift.kernels import matvec
-    # Cheapest test first: outside matvec.enabled() this is F.linear after one context-variable read.
-    if matvec.is_enabled() and kernel_mode() != "reference" and matvec.supported(x, weight, bias):
+    if kernel_mode() != "reference" and matvec.supported(x, weight, bias):
         return matvec.matvec_cpu(x, weight, bias)
     return F.linear(x, weight, bias)
 

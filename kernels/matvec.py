@@ -15,8 +15,10 @@ Two versions, one math:
                     the whole (out, in) product in memory; the compiled loop keeps one row's
                     partial sums in registers and reads W exactly once.
 kernels/dispatch.linear picks matvec_cpu only where it runs and pays (CPU, no autograd, one row,
-fp32 or bf16, a weight of at least MIN_WEIGHT_BYTES) and only inside `enabled()`, which
-minift.generate turns on around its decode steps; everything else gets F.linear.
+fp32 or bf16, a weight of at least MIN_WEIGHT_BYTES); everything else gets F.linear. Only
+minift.generate calls it: during its decode steps a DecodeLinear stands in for each plain
+nn.Linear of the model (minift/generate.py, the Note on decode kernels), so training and
+ordinary forward passes never come here.
 
 Note: why compiling pays. scripts/bench_matvec.py measures both versions per Qwen2.5-0.5B shape
 with the weights coming from memory, not cache, as in a decode step (results/cpu/bench_matvec.json;
@@ -47,10 +49,8 @@ function, would hit its recompile limit (8) after 8 shapes.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 DTYPES = (torch.float32, torch.bfloat16)
 MIN_WEIGHT_BYTES = 128 * 1024  # smaller matrices stay on F.linear (the first Note)
 
-_ENABLED = contextvars.ContextVar("minift_cpu_matvec", default=False)
 _KERNELS: dict[tuple, Callable | None] = {}  # (shape, dtype, has_bias) -> compiled kernel; None = failed
 
 
@@ -130,29 +129,14 @@ def compiled_shapes() -> list[tuple]:
     return [key for key, kernel in _KERNELS.items() if kernel is not None]
 
 
-# ---------------------------------------------------------------------- the switch
-@contextlib.contextmanager
-def enabled(on: bool = True) -> Iterator[None]:
-    """Inside `with enabled():` dispatch.linear may use matvec_cpu (minift.generate wraps its
-    model calls in it). A context variable, so it is per thread and undone on exit."""
-    token = _ENABLED.set(on)
-    try:
-        yield
-    finally:
-        _ENABLED.reset(token)
-
-
-def is_enabled() -> bool:
-    # False while torch.compile traces (the compiler sees F.linear and never this context variable)
-    return not torch.compiler.is_compiling() and _ENABLED.get()
-
-
+# ---------------------------------------------------------------------- where it runs
 def supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """True where matvec_cpu runs and pays: CPU tensors, nothing that autograd must record,
-    a single row, fp32 or bf16 throughout, a contiguous 2-D weight of at least MIN_WEIGHT_BYTES."""
+    a single row, fp32 or bf16 throughout, a contiguous 2-D weight of at least MIN_WEIGHT_BYTES;
+    never while torch.compile traces (the compiler sees F.linear and fuses around it)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and not needs_grad
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and weight.device.type == "cpu" and not needs_grad
             and x.dtype in DTYPES and weight.dtype == x.dtype
             and weight.dim() == 2 and weight.is_contiguous() and x.dim() >= 1
             and x.shape[-1] == weight.shape[1] and x.numel() == weight.shape[1]

@@ -10,6 +10,8 @@ math behind question 3 done for real (minift.memory.estimate) instead of assumed
     4. Must the licence stay separate?     yes -> LoRA (share only the adapter)
 
 Gaps between the chapter's bands are decided explicitly (Note: bands) and said so in `steps`.
+The chapter's failure points (the warnings) and its ops checklist live in minift/advice.py, with
+their thresholds; the data bands that coincide with them (1B tokens, 10K pairs) are the same numbers.
 
     d = decide(general_covered=False, data="5K-50K pairs", laptop=True, separate_license=True)
     d.method, d.model      # "lora", "Qwen/Qwen2.5-0.5B-Instruct"
@@ -23,7 +25,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from minift import memory
+from minift import advice, memory
+from minift.advice import human_count as _fmt
 from minift.config import ModelConfig
 
 # Candidate base models, smallest first. The chapter: "Start with 0.5B -> scale up to 1.5B".
@@ -89,13 +92,6 @@ def parse_bytes(text) -> int:
     if v <= 0:
         raise ValueError(f"memory {text!r} must be positive")
     return int(v * _BYTE_SUFFIX[unit])
-
-
-def _fmt(x: float) -> str:
-    for s, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if x >= v:
-            return f"{x / v:.3g}{s}"
-    return f"{x:g}"
 
 
 # ====================================================================== measuring inputs
@@ -172,9 +168,8 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
     for label, v in (("lora_r", lora_r), ("batch", batch), ("seq", seq)):
         if not isinstance(v, int) or v <= 0:
             raise ValueError(f"{label} must be a positive integer, got {v!r}")
-    if lora_r >= 64:
-        d.warnings.append(f"r={lora_r}: 'r=64+ inflates memory and causes overfitting. r=8-16 is the standard.' "
-                          f"(failure point 5)")
+    if rank_warning := advice.rank_warning(lora_r):
+        d.warnings.append(rank_warning)
 
     # ---- 1
     if general_covered:
@@ -204,7 +199,7 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
         if mid >= 100e9:
             band = "scratch"
             d.steps.append("   100B+ tokens -> from scratch (a large GPU cluster, days to weeks).")
-        elif mid >= 1e9:
+        elif mid >= advice.CPT_MIN_TOKENS:
             band = "cpt"
             note = "" if mid <= 10e9 else (" (between the chapter's 1B-10B and 100B+ bands: below 100B, training "
                                           "from scratch is not justified, so continued pre-training)")
@@ -213,10 +208,9 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
             band = "lora"
             d.steps.append("   Under 1B tokens of raw text: below the continued pre-training band, where 'the effect "
                            "is negligible' -> turn the text into instruction pairs and use LoRA (nearest band).")
-            d.warnings.append(f"Only ~{_fmt(mid)} tokens: continued pre-training needs ~1B+ domain tokens "
-                              f"(failure point 3).")
+            d.warnings.append(advice.thin_cpt_data_warning(mid))
     else:
-        if mid >= 10e3:
+        if mid >= advice.SFT_MIN_PAIRS:
             band = "full-or-lora"
             note = "" if mid <= 1e6 else " (above the chapter's 1M band: nearest band)"
             d.steps.append(f"   10K-1M pairs -> full SFT or LoRA{note}; questions 3 and 4 decide.")
@@ -227,7 +221,7 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
             d.steps.append(f"   100-10K pairs -> LoRA / QLoRA{note}.")
             if mid < 100:
                 d.warnings.append(f"Only ~{_fmt(mid)} pairs: the chapter's smallest band starts at 100.")
-        if lo < 10e3 <= hi:
+        if lo < advice.SFT_MIN_PAIRS <= hi:
             d.steps.append(f"   (the range {_fmt(lo)}-{_fmt(hi)} straddles 10K; its middle {_fmt(mid)} decides)")
 
     # ---- 3 and 4
@@ -256,8 +250,7 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
         d.steps.append(f"3./4. The laptop and licence questions do not change a {band} run "
                        f"({'it cannot run on a laptop' if laptop else 'a GPU cluster or server'}).")
         if band == "scratch":
-            d.warnings.append("From scratch: 'training a 1B+ model takes days' (failure point 2); be sure no "
-                              "base model is close enough for continued pre-training.")
+            d.warnings.append(advice.from_scratch_warning())
         if laptop:
             d.warnings.append(f"A laptop cannot run {band}; the answer to question 3 conflicts with the data amount.")
     d.path = method
@@ -314,11 +307,10 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
                    f"{' (QLoRA: LoRA alone does not fit)' if m == 'qlora' else ''} on {model}"
                    f"{' with gradient checkpointing' if ckpt else ''}: {gb} GB predicted peak. "
                    f"Start there and scale up only if the results are not good enough.")
-    if method == "full" and unit == "pairs" and mid < 10e3:
-        d.warnings.append("Full SFT on under 10K pairs overfits; LoRA does as well and is more stable (failure point 1).")
-    if method == "cpt" and base_model and "instruct" in ModelConfig.preset(base_model).name_or_path.lower():
-        d.warnings.append("Continued pre-training belongs on a base model, not an instruct model: CPT breaks the "
-                          "chat format (failure point 4); using the base checkpoint.")
-    d.warnings.append("Memory math is for this machine: results measured on an A100/H200 do not transfer to a "
-                      "laptop (failure point 6); re-run this on the machine that will train.")
+    if method == "full" and unit == "pairs" and (sft_warning := advice.small_data_sft_warning(lo)):
+        d.warnings.append(sft_warning)  # a range whose low end is under 10K pairs
+    if method == "cpt" and base_model and (cpt_warning := advice.cpt_on_instruct_warning(
+            ModelConfig.preset(base_model).name_or_path)):
+        d.warnings.append(cpt_warning + " Answering with its base checkpoint.")
+    d.warnings.append(advice.memory_math_reminder())
     return d

@@ -95,7 +95,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     dtype = resolve_dtype(cfg.dtype, device)
     rss_at_start = reset_peak_rss() if device.type == "cpu" else 0  # the interpreter, libraries, earlier work
     model_dir = model_dir or resolve_model_dir(cfg.model)
-    warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
+    # The rank (failure point 5) is add_lora's to warn about, once, when it builds the adapter.
+    warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model)
     for w in warnings:
         logger.warning(w)
 

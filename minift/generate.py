@@ -22,12 +22,15 @@ token, repetition penalty included):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn as nn
 
-from minift.kernels import matvec
+from minift.kernels import dispatch
+from minift.lora import LoRALinear
 from minift.model import KVCache
 
 logger = logging.getLogger(__name__)
@@ -97,21 +100,80 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalt
         raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}")
 
 
-# ---------------------------------------------------------------------- the decoding loop
-# Note: when the compiled CPU decode kernels pay (fast_matvec=None, "auto"). kernels/matvec.py
-# makes each decode step ~1.6-2x faster on CPU, but building its kernels costs ~4.5 s once per
-# process (~20 s the very first time on a machine, while gcc fills TorchInductor's cache).
-# Measured for Qwen2.5-0.5B on a 2-core EPYC (scripts/bench_generate.py): a token takes ~200 ms
-# -> ~95 ms in fp32 (2 GB of weights read per token) and ~100 ms -> ~62 ms in bf16 (1 GB), so the
-# 4.5 s come back after ~45 tokens in fp32 and ~120 in bf16, and every later call in the process
-# is faster from its first token. A 40 MB model like tiny-10m saves ~2 ms a token and would need
-# thousands. So "auto" compiles for CPU models of at least FAST_MATVEC_MIN_BYTES of parameters;
-# True/False decide outright.
+# ---------------------------------------------------------------------- the CPU decode kernel
+# Note: decode kernels. A decode step multiplies ONE row of activations by every weight matrix, so
+# on CPU it is bound by how fast the weights stream from memory; kernels/matvec.py streams them ~2x
+# faster than F.linear. The model stays plain (every projection is `layer(x)`); for the length of
+# each model call in a decode (the prefill and every step, never across a `yield`), decode_kernels
+# puts a DecodeLinear in the place of each plain nn.Linear (q/k/v/o, gate/up/down, the head, and
+# the frozen base inside a LoRALinear), sharing its weight and bias, and puts the originals back.
+# Left as they are: LoRA's small adapter matrices (F.linear, as in training), Linear4bit (it
+# dequantizes), a layer with hooks (they belong to the original module), and layers compiled by
+# Transformer.compile_layers (the compiler has chosen how to compute them; a swapped module would
+# make it recompile). The swap writes the parent's _modules dict: nn.Module.__setattr__'s checks
+# cost ~10 us a module, 3% of a 0.5B decode step at 169 projections x 2. The swap belongs to the
+# model, not to a thread: a second thread calling the same model during a decode step would run
+# the DecodeLinears too (same weights, same results to rounding).
+#
+# When the compiled kernels pay (fast_matvec=None, "auto"): each decode step gets ~1.6-2x faster,
+# but building the kernels costs ~4.5 s once per process (~20 s the very first time on a machine,
+# while gcc fills TorchInductor's cache). Measured for Qwen2.5-0.5B on a 2-core EPYC
+# (scripts/bench_generate.py): a token takes ~200 ms -> ~95 ms in fp32 (2 GB of weights read per
+# token) and ~100 ms -> ~62 ms in bf16 (1 GB), so the 4.5 s come back after ~45 tokens in fp32 and
+# ~120 in bf16, and every later call in the process is faster from its first token. A 40 MB model
+# like tiny-10m saves ~2 ms a token and would need thousands. So "auto" compiles for CPU models of
+# at least FAST_MATVEC_MIN_BYTES of parameters; True/False decide outright.
 FAST_MATVEC_MIN_BYTES = 512 * 2**20
 
 
+class DecodeLinear(nn.Linear):
+    """An nn.Linear's stand-in during decode steps: the same weight and bias tensors (shared, not
+    copied), computed by kernels/dispatch.linear, which runs kernels/matvec.py's compiled loop for
+    one row on CPU and F.linear for anything else."""
+
+    def __init__(self, layer: nn.Linear):
+        nn.Module.__init__(self)  # no fresh weight: the layer's own tensors
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.weight, self.bias = layer.weight, layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dispatch.linear(x, self.weight, self.bias)
+
+
+def decode_projections(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, child name, layer) for every plain nn.Linear a DecodeLinear may stand in for
+    (the Note on decode kernels says which are left out and why)."""
+    found = []
+
+    def visit(parent: nn.Module) -> None:
+        if getattr(parent, "_compiled_call_impl", None) is not None:  # nn.Module.compile() set it
+            return
+        for name, child in parent.named_children():
+            if type(child) is not nn.Linear:
+                visit(child)
+            elif isinstance(parent, LoRALinear) and child is not parent.base_layer:
+                continue  # lora_A, lora_B
+            elif not (child._forward_hooks or child._forward_pre_hooks):
+                found.append((parent, name, child))
+    visit(model)
+    return found
+
+
+@contextlib.contextmanager
+def decode_kernels(swaps: list[tuple[nn.Module, str, nn.Linear, nn.Linear]]) -> Iterator[None]:
+    """Inside the block each (parent, name, plain, decode) has `decode` as parent.name; on exit,
+    `plain` again. An empty list changes nothing."""
+    for parent, name, _, decode in swaps:
+        parent._modules[name] = decode
+    try:
+        yield
+    finally:
+        for parent, name, plain, _ in swaps:
+            parent._modules[name] = plain
+
+
 def use_fast_matvec(model, fast_matvec: bool | None = None) -> bool:
-    """Whether generate decodes through kernels/matvec.py (the Note above)."""
+    """Whether generate decodes through kernels/matvec.py (the Note on decode kernels)."""
     if fast_matvec is not None:
         return bool(fast_matvec)
     params = list(model.parameters())
@@ -119,6 +181,7 @@ def use_fast_matvec(model, fast_matvec: bool | None = None) -> bool:
     return on_cpu and sum(p.numel() * p.element_size() for p in params) >= FAST_MATVEC_MIN_BYTES
 
 
+# ---------------------------------------------------------------------- the decoding loop
 def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                eos_token_ids: Sequence[int] | None = (), min_new_tokens: int = 0,
@@ -127,7 +190,8 @@ def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temp
     eos id (which is yielded) or max_new_tokens. min_new_tokens forbids eos before that many
     tokens (transformers' MinNewTokensLength rule; benchmarks use it to fix the length).
     fast_matvec: run the decode steps' projections through the compiled CPU matrix-vector kernel
-    (kernels/matvec.py; same ids in fp32, results equal to rounding); None = auto (the Note above)."""
+    (kernels/matvec.py; same ids in fp32, results equal to rounding); None = auto (the Note on
+    decode kernels)."""
     _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens)
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must have shape (1, T) (batch 1), got {tuple(input_ids.shape)}")
@@ -157,12 +221,14 @@ def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temp
 
     # The model runs under inference_mode (no autograd records), but never across a `yield`:
     # grad mode is per thread, and the caller's code runs while this generator is suspended.
-    # The same goes for matvec.enabled (kernels/dispatch.linear's switch for the CPU kernel).
-    fast = use_fast_matvec(model, fast_matvec)
+    # The same goes for the decode kernels: between tokens the caller sees the model it gave.
+    swaps = []
+    if use_fast_matvec(model, fast_matvec):
+        swaps = [(parent, name, plain, DecodeLinear(plain)) for parent, name, plain in decode_projections(model)]
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), matvec.enabled(fast):
+        with torch.inference_mode(), decode_kernels(swaps):
             # Note: the cache is allocated once for the whole answer: 2 (k, v) x layers x n_kv x
             # head_dim x (T + max_new_tokens) values; for Qwen2.5-0.5B in bf16, 2 x 24 x 2 x 64 x 2
             # bytes = 12 KiB per position, so 4096 positions cost 48 MiB. Preallocating avoids a
@@ -179,7 +245,7 @@ def stream_ids(model, input_ids: torch.Tensor, *, max_new_tokens: int = 64, temp
             yield token
             if token in eos_set or step == max_new_tokens - 1:
                 return
-            with torch.inference_mode(), matvec.enabled(fast):
+            with torch.inference_mode(), decode_kernels(swaps):
                 seen = torch.cat([seen, next_id], dim=1)
                 logits = model(next_id, cache=cache, logits_to_keep=1)[:, -1]  # decode: (1, V)
                 next_id = pick(logits, seen, step + 1)

@@ -43,8 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minift import safeio
-from minift.model import project
+from minift import advice, safeio
 from minift.quant import Linear4bit
 
 logger = logging.getLogger(__name__)
@@ -57,8 +56,6 @@ BIAS_OPTIONS = ("none", "all", "lora_only")
 INIT_OPTIONS = (True, "default", "gaussian", False)
 # peft's default targets when a config has none (peft utils/constants.py, for qwen2 and llama).
 DEFAULT_TARGETS = ["q_proj", "v_proj"]
-# The seed chapter: "r=64+ inflates memory and causes overfitting. r=8-16 is the standard."
-LARGE_RANK = 64
 
 
 # ---------------------------------------------------------------------- what counts as a linear layer
@@ -151,7 +148,7 @@ class LoRALinear(nn.Module):
         return self.base_layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = project(self.base_layer, x)  # (..., out); = base_layer(x), or the CPU decode kernel (model.project)
+        y = self.base_layer(x)  # (..., out)
         if self.merged:
             return y  # B@A*scaling is already inside W
         if self.compute_dtype is None:
@@ -274,9 +271,8 @@ def add_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 
     if bias not in BIAS_OPTIONS:
         raise ValueError(f"bias must be one of {BIAS_OPTIONS}, got {bias!r}")
     _check_hyperparameters(r, dropout, init)  # before anything changes: a refused call leaves the model alone
-    if r >= LARGE_RANK:
-        logger.warning("LoRA rank r=%d: r=64+ inflates memory and tends to overfit small data sets; "
-                       "r=8-16 is the standard", r)
+    if rank_warning := advice.rank_warning(r):  # the seed's failure point 5
+        logger.warning(rank_warning)
     names = find_targets(model, targets)
 
     for p in model.parameters():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minift.config import ModelConfig
-from minift.kernels import linear_cross_entropy_fused, dispatch, matvec
+from minift.kernels import linear_cross_entropy_fused, dispatch
 
 
 class RMSNorm(nn.Module):
@@ -71,22 +71,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return dispatch.apply_rope(x, cos, sin)
 
 
-def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) for a projection (q/k/v/o, gate/up/down, the head).
-
-    Inside minift.generate's decode steps (kernels.matvec.enabled()) a plain nn.Linear without
-    hooks computes through kernels/dispatch.linear, which on CPU runs one decoded token's
-    matrix-vector product as a compiled loop that streams the weight ~2x faster than F.linear
-    (kernels/matvec.py); it is F.linear everywhere else. Anything else standing in for a
-    projection runs its own forward: LoRALinear sends its base layer back through here (its two
-    small adapter matmuls stay F.linear), Linear4bit dequantizes. Outside generate, training and
-    plain forward passes are nn.Module calls as before."""
-    if (matvec.is_enabled() and type(layer) is nn.Linear
-            and not (layer._forward_hooks or layer._forward_pre_hooks)):
-        return dispatch.linear(x, layer.weight, layer.bias)
-    return layer(x)
-
-
 class KVCache:
     """Keys and values of every layer for decoding, preallocated to max_len.
 
@@ -123,9 +107,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
         B, T, _ = x.shape
-        q = project(self.q_proj, x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = project(self.k_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
-        v = project(self.v_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                         # (B, nkv, S, hd), S = past + T
@@ -137,7 +121,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                                enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd)              # (B, T, nh*hd)
-        return project(self.o_proj, y)
+        return self.o_proj(y)
 
 
 def eager_attention(q, k, v, mask):
@@ -168,8 +152,8 @@ class MLP(nn.Module):
     def forward(self, x):
         # dispatch.swiglu(gate, up) = F.silu(gate) * up (kernels/swiglu.py; on CUDA a fused kernel
         # whose backward saves gate and up only)
-        gate, up = project(self.gate_proj, x), project(self.up_proj, x)         # (B, T, f) each
-        return project(self.down_proj, dispatch.swiglu(gate, up))
+        gate, up = self.gate_proj(x), self.up_proj(x)                       # (B, T, f) each
+        return self.down_proj(dispatch.swiglu(gate, up))
 
 
 class DecoderLayer(nn.Module):
@@ -282,7 +266,7 @@ class Transformer(nn.Module):
                                                                    chunk_size=self.loss_chunk_size)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return project(self.lm_head, x)                                           # (B, T, vocab)
+        return self.lm_head(x)                                                    # (B, T, vocab)
 
     def compile_layers(self, **options) -> None:
         """torch.compile each decoder layer in place. The layers are one class, so they share one

@@ -49,7 +49,6 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from minift import safeio
+from minift.advice import failure_point_warnings  # noqa: F401  (moved; scripts import it from here)
 from minift.cuda_graph import GraphedStep
 from minift.device import bf16_supported
 from minift.optim import AdamW, lr_at, param_groups, set_lr
@@ -340,35 +340,6 @@ def evaluate(model: nn.Module, batches: Iterable[dict], max_batches: int | None 
     except OverflowError:  # a loss above ~709 nats
         perplexity = float("inf")
     return {"loss": mean, "perplexity": perplexity, "tokens": count, "batches": seen}
-
-
-# ---------------------------------------------------------------------- warnings for the caller
-_INSTRUCT = re.compile(r"instruct|chat|-it(?:$|[-_./])", re.IGNORECASE)
-_METHODS = {"from-scratch": "from-scratch", "scratch": "from-scratch",
-            "cpt": "cpt", "continued-pretraining": "cpt", "continued-pre-training": "cpt",
-            "sft": "sft", "full": "sft", "full-sft": "sft", "lora": "lora", "qlora": "qlora"}
-
-
-def failure_point_warnings(method: str, model_name_or_path: str | None, lora_r: int | None = None) -> list[str]:
-    """The seed chapter's "common failure points" that can be seen from the method and the model name.
-
-    Continued pre-training on an instruct/chat model (its name contains "instruct", "chat" or
-    "-it"): CPT belongs on a base model; an instruct model has been SFT'd and raw-text training
-    erodes its chat format. LoRA rank above 64: inflates memory and tends to overfit; r = 8-16 is
-    the standard. Returns the warnings as sentences; the caller decides how to show them."""
-    kind = _METHODS.get(method.lower().replace("_", "-"))
-    if kind is None:
-        raise ValueError(f"unknown method {method!r}; use one of {sorted(set(_METHODS))}")
-    warnings = []
-    name = os.path.basename(os.path.normpath(model_name_or_path)) if model_name_or_path else ""
-    if kind == "cpt" and name and _INSTRUCT.search(name):
-        warnings.append(f"continued pre-training on {model_name_or_path!r}, which looks like an instruct/chat "
-                        "model: CPT belongs on a base model. An instruct model has already been SFT'd, and "
-                        "training it on raw text breaks its chat format. Use the base model, then SFT or LoRA.")
-    if kind in ("lora", "qlora") and lora_r is not None and lora_r > 64:
-        warnings.append(f"LoRA rank r={lora_r} is above 64: a bigger r inflates memory and tends to overfit "
-                        "without helping; r=8-16 is the standard.")
-    return warnings
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -8,6 +8,7 @@ math done for this machine (or the memory you name).
 import argparse
 import sys
 
+from minift import advice
 from minift.decide import CANDIDATES, decide
 
 
@@ -65,6 +66,8 @@ def main():
     print(f"\npath: {d.path}   method: {d.method}   model: {d.model}")
     if d.method in ("full", "lora", "qlora") and d.model and a.data:
         print(training_time_line(d, a))
+    print("\nops checklist (the chapter's, after the decision):")
+    print("\n".join(advice.ops_checklist(d)))
     return 0
 
 

@@ -1,5 +1,6 @@
 """kernels/matvec.py: the compiled CPU matrix-vector kernel against float64 truth, dispatch.linear's
-rules, and generate with the kernel on vs off (and against transformers) on a tiny model.
+rules, and generate with the kernel on vs off (and against transformers) on a tiny model; the
+model stays plain: generate's DecodeLinear stands in for its projections only during model calls.
 
 Every distinct (weight shape, dtype, bias) compiles one kernel (~0.05-0.7 s, plus ~4 s for the
 first in a process), so the tests share one odd shape for the kernel checks and one tiny model.
@@ -17,7 +18,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from minift import lora
 from minift.config import ModelConfig
-from minift.generate import generate_ids, use_fast_matvec
+from minift.generate import DecodeLinear, decode_projections, generate_ids, stream_ids, use_fast_matvec
 from minift.kernels import dispatch, matvec
 from minift.model import Transformer
 
@@ -69,36 +70,31 @@ def test_dispatch_uses_the_kernel_only_where_it_runs_and_pays(monkeypatch):
     row = torch.randn(1, 1, IN, generator=g)
 
     with torch.no_grad():
-        dispatch.linear(row, weight, bias)                     # not enabled: F.linear
-    assert calls == []
-    with matvec.enabled():
-        with torch.no_grad():
-            y = dispatch.linear(row, weight, bias)             # enabled, CPU, no grad, one row: the kernel
-        assert calls == [(OUT, IN)]
-        torch.testing.assert_close(y, F.linear(row, weight, bias), rtol=1e-5, atol=1e-5)
+        y = dispatch.linear(row, weight, bias)                 # CPU, no grad, one row: the kernel
+    assert calls == [(OUT, IN)]
+    torch.testing.assert_close(y, F.linear(row, weight, bias), rtol=1e-5, atol=1e-5)
 
-        def falls_back(x, w, b=None):
-            n = len(calls)
-            out = dispatch.linear(x, w, b)
-            return len(calls) == n and torch.equal(out.detach(), F.linear(x, w, b).detach())
+    def falls_back(x, w, b=None):
+        n = len(calls)
+        out = dispatch.linear(x, w, b)
+        return len(calls) == n and torch.equal(out.detach(), F.linear(x, w, b).detach())
 
-        with torch.no_grad():
-            assert falls_back(torch.randn(1, 2, IN, generator=g), weight, bias)       # two rows (a prefill)
-            assert falls_back(row.half(), weight.half(), bias.half())                 # fp16: not measured
-            assert falls_back(torch.randn(1, 64), torch.randn(64, 64))                # 16 KiB: below MIN_WEIGHT_BYTES
-            assert falls_back(row, torch.randn(IN, OUT, generator=g).t(), bias)        # non-contiguous weight
-            with pytest.raises(RuntimeError, match="dtype"):   # mixed dtypes: F.linear's own error
-                dispatch.linear(row, weight.bfloat16(), bias)
-        w_grad = weight.clone().requires_grad_()
-        y = dispatch.linear(row, w_grad, bias)                 # autograd must record: F.linear
-        assert y.grad_fn is not None and falls_back(row, w_grad, bias)
-        with torch.no_grad():                                  # not on CPU (meta stands in for CUDA/MPS)
-            assert dispatch.linear(row.to("meta"), weight.to("meta"), bias.to("meta")).device.type == "meta"
-        assert len(calls) == 1
-        monkeypatch.setenv("MINIFT_KERNELS", "reference")
-        with torch.no_grad():
-            assert falls_back(row, weight, bias)
-    assert not matvec.is_enabled()  # the context manager undid itself
+    with torch.no_grad():
+        assert falls_back(torch.randn(1, 2, IN, generator=g), weight, bias)       # two rows (a prefill)
+        assert falls_back(row.half(), weight.half(), bias.half())                 # fp16: not measured
+        assert falls_back(torch.randn(1, 64), torch.randn(64, 64))                # 16 KiB: below MIN_WEIGHT_BYTES
+        assert falls_back(row, torch.randn(IN, OUT, generator=g).t(), bias)        # non-contiguous weight
+        with pytest.raises(RuntimeError, match="dtype"):   # mixed dtypes: F.linear's own error
+            dispatch.linear(row, weight.bfloat16(), bias)
+    w_grad = weight.clone().requires_grad_()
+    y = dispatch.linear(row, w_grad, bias)                     # autograd must record: F.linear
+    assert y.grad_fn is not None and falls_back(row, w_grad, bias)
+    with torch.no_grad():                                      # not on CPU (meta stands in for CUDA/MPS)
+        assert dispatch.linear(row.to("meta"), weight.to("meta"), bias.to("meta")).device.type == "meta"
+    assert len(calls) == 1
+    monkeypatch.setenv("MINIFT_KERNELS", "reference")
+    with torch.no_grad():
+        assert falls_back(row, weight, bias)
 
 
 # ---------------------------------------------------------------------- generate, on vs off
@@ -164,3 +160,43 @@ def test_auto_compiles_only_for_big_cpu_models(pair, monkeypatch):
     monkeypatch.setattr(importlib.import_module("minift.generate"), "FAST_MATVEC_MIN_BYTES", 1)
     assert use_fast_matvec(ours) is True
     assert use_fast_matvec(Transformer(ours.config).to("meta")) is False  # not on CPU
+
+
+def test_the_caller_sees_the_plain_model_between_tokens(pair, prompt, monkeypatch):
+    _, ours = pair
+    monkeypatch.setattr(matvec, "MIN_WEIGHT_BYTES", 0)
+    calls = _spy(monkeypatch)
+    plain = dict(ours.named_modules())
+    for _ in stream_ids(ours, prompt, max_new_tokens=5, fast_matvec=True):
+        assert dict(ours.named_modules()) == plain  # the same module objects, no DecodeLinear
+    assert dict(ours.named_modules()) == plain and len(calls) == 4 * (2 * 7 + 1) + 1  # yet the kernel ran
+    assert not any(isinstance(m, DecodeLinear) for m in ours.modules())
+
+
+def test_decode_swaps_leave_hooked_compiled_and_adapter_layers_alone(pair, prompt, monkeypatch):
+    _, base = pair
+    model = Transformer(base.config)
+    model.load_state_dict(base.state_dict())
+    lora.add_lora(model, r=4, alpha=8, targets=["q_proj"])
+    names = {(type(parent).__name__, name) for parent, name, _ in decode_projections(model)}
+    assert ("LoRALinear", "base_layer") in names and ("Transformer", "lm_head") in names
+    assert not {("LoRALinear", "lora_A"), ("LoRALinear", "lora_B")} & names
+    assert len(decode_projections(model)) == 2 * 7 + 1
+
+    seen = []  # a forward hook belongs to the original module: that layer keeps it and F.linear
+    model.model.layers[0].mlp.up_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert len(decode_projections(model)) == 2 * 7
+    monkeypatch.setattr(matvec, "MIN_WEIGHT_BYTES", 0)
+    generate_ids(model, prompt, max_new_tokens=3, fast_matvec=True)
+    assert len(seen) == 3  # prefill + 2 decode steps
+
+    model.compile_layers()  # compiled layers keep their modules (a swap would make them recompile)
+    assert [name for _, name, _ in decode_projections(model)] == ["lm_head"]
+
+
+def test_model_file_is_plain():
+    """The issue: minift/model.py holds the math only; decode speed lives in minift/generate.py."""
+    import inspect
+    import minift.model
+    source = inspect.getsource(minift.model)
+    assert "matvec" not in source and "project(" not in source

@@ -389,7 +389,8 @@ def test_failure_point_warnings():
     assert failure_point_warnings("cpt", "some/model-italian") == []       # "-it" must end a name part
     assert failure_point_warnings("sft", "Qwen/Qwen2.5-0.5B-Instruct") == []
     assert failure_point_warnings("lora", "Qwen/Qwen2.5-0.5B-Instruct", lora_r=16) == []
-    assert failure_point_warnings("lora", "Qwen/Qwen2.5-0.5B-Instruct", lora_r=64) == []
+    assert failure_point_warnings("lora", "Qwen/Qwen2.5-0.5B-Instruct", lora_r=63) == []
+    assert len(failure_point_warnings("lora", "x", lora_r=64)) == 1  # the seed's "r=64+" (minift/advice.py)
     r128 = failure_point_warnings("qlora", "x", lora_r=128)
     assert len(r128) == 1 and "r=128" in r128[0]
     with pytest.raises(ValueError, match="unknown method"):
