@@ -23,6 +23,7 @@ from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretraine
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
 from minift.generate import generate
+from minift.cpu_memory import release_freed_memory
 from minift.measure import process_peak_rss, reset_peak_rss
 from minift.tokenizer import load_tokenizer
 from minift.train import TrainConfig, evaluate, failure_point_warnings, train
@@ -30,6 +31,10 @@ from minift.train import TrainConfig, evaluate, failure_point_warnings, train
 logger = logging.getLogger(__name__)
 
 METHODS = ("lora", "qlora", "full")
+# Tokens per chunk of the fused head + loss on a CPU: its fp32 (chunk x vocab) logits are the
+# step's largest temporary (1024 x 151,936 x 4 B = 0.62 GB, and the softmax needs two), and a
+# CPU matmul is no faster on longer chunks. GPUs keep the model's 1024.
+CPU_LOSS_CHUNK = 256
 
 
 @dataclass
@@ -93,6 +98,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         raise ValueError(f"method must be one of {METHODS}, not {cfg.method!r}")
     device = pick_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu":
+        release_freed_memory()  # glibc would keep freed activations resident: 2-3x the live tensors
     rss_at_start = reset_peak_rss() if device.type == "cpu" else 0  # the interpreter, libraries, earlier work
     model_dir = model_dir or resolve_model_dir(cfg.model)
     warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
@@ -102,6 +109,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     tok = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=dtype, device=device)
     n_params = model.num_params()
+    if device.type == "cpu":
+        model.loss_chunk_size = CPU_LOSS_CHUNK
 
     data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
                     max_examples=cfg.max_examples)
@@ -123,7 +132,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     try:
         predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
                                     cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
-                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type)
+                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type,
+                                    loss_chunk=model.loss_chunk_size, load=_load_kind(cfg.method),
+                                    save="model" if cfg.method == "full" else "adapter")
         logger.info("predicted memory:\n%s", predicted.table())
     except ValueError as e:  # a configuration the math does not model (fp32 QLoRA, as on a CPU): train anyway
         predicted = None
@@ -205,6 +216,11 @@ def _held_out_loss(model, val_rows: Batches, max_batches: int | None) -> dict:
         return evaluate(model, val_rows, max_batches)
     finally:
         val_rows.load_state_dict(start)
+
+
+def _load_kind(method: str) -> str:
+    # how this recipe loads its base, in memory.estimate's words (QLoRA: quantize-on-load)
+    return "nf4-stream" if method == "qlora" else "float"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
