@@ -100,7 +100,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         release_freed_memory()  # glibc would keep freed activations resident: 2-3x the live tensors
-    rss_at_start = reset_peak_rss() if device.type == "cpu" else 0  # the interpreter, libraries, earlier work
+    if device.type == "cpu":
+        reset_peak_rss()  # the peak from here: earlier work in this process does not count
     model_dir = model_dir or resolve_model_dir(cfg.model)
     warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
     for w in warnings:
@@ -179,8 +180,10 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         measured = torch.mps.driver_allocated_memory()
         kind = "torch.mps.driver_allocated_memory after training (a sample, not a peak)"
     else:
-        measured = process_peak_rss() - rss_at_start
-        kind = "peak resident memory above the process's size when the recipe started (whole recipe)"
+        # absolute, like memory.estimate's CPU job (which counts the process itself): VmHWM was
+        # reset when the recipe started, so this is the recipe's peak, runtime included
+        measured = process_peak_rss()
+        kind = "peak resident memory of the process (whole recipe, runtime included)"
     eval_after = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
 
