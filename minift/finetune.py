@@ -100,8 +100,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         release_freed_memory()  # glibc would keep freed activations resident: 2-3x the live tensors
-    if device.type == "cpu":
-        reset_peak_rss()  # the peak from here: earlier work in this process does not count
+        reset_peak_rss()        # the peak from here: earlier work in this process does not count
     model_dir = model_dir or resolve_model_dir(cfg.model)
     warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model, cfg.r)
     for w in warnings:
