@@ -147,6 +147,39 @@ def device_memory() -> tuple[int, str]:
         raise RuntimeError("cannot detect this machine's memory; pass memory='24GB'") from None
 
 
+# ====================================================================== the job's memory
+def training_device() -> str:
+    """"cuda", "mps" or "cpu": where minift's recipe would train on this machine."""
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _recipe_dtype(device: str) -> str:
+    # minift.device.resolve_dtype("auto"): bf16 where the device runs it, fp32 on a CPU
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def job_estimate(cfg: ModelConfig, method: str, batch: int, seq: int, grad_ckpt: bool, lora_r: int,
+                 device: str) -> memory.MemoryEstimate | None:
+    """The whole job's memory as minift.finetune runs it on `device`: loaded from a bf16
+    checkpoint (QLoRA quantizing while it loads), trained, the adapter (or the model) saved; on
+    a CPU in fp32 with the recipe's CPU loss chunk, counting the process's resident memory.
+    None where the recipe's configuration is not one the math models (QLoRA computes in bf16,
+    so not on a CPU)."""
+    from minift.finetune import CPU_LOSS_CHUNK
+    dtype = _recipe_dtype(device)
+    if method == "qlora" and dtype == "float32":
+        return None
+    return memory.estimate(cfg, method, batch, seq, grad_ckpt=grad_ckpt, lora_r=lora_r, param_dtype=dtype,
+                           device=device, loss_chunk=CPU_LOSS_CHUNK if device == "cpu" else 1024,
+                           load="nf4-stream" if method == "qlora" else "float",
+                           save="adapter" if method in ("lora", "qlora") else "model")
+
+
 # ====================================================================== the tree
 @dataclass
 class Decision:
@@ -160,10 +193,13 @@ class Decision:
 
 def decide(*, general_covered: bool, data: str | None = None, dataset: str | None = None, laptop: bool,
            separate_license: bool, memory_bytes=None, tokenizer=None, lora_r: int = 16, batch: int = 4,
-           seq: int = 1024, base_model: str | None = None) -> Decision:
+           seq: int = 1024, base_model: str | None = None, device: str = "auto") -> Decision:
     """Walk the chapter's four questions. `data` is an amount ("10K pairs", "1.5B tokens",
     "5K-50K pairs") or `dataset` a file to measure; memory_bytes (int or "24GB") defaults to
-    this machine's (device_memory()). batch x seq is the training shape for the memory math."""
+    this machine's (device_memory()). batch x seq is the training shape for the memory math.
+    device: where the job would train ("cuda", "mps", "cpu"; "auto": this machine's, as
+    device_memory() finds it). The memory math is the whole job's peak (load, train, save) in
+    the dtype the recipe uses there (job_estimate): fp32 on a CPU, bf16 on a GPU."""
     d = Decision(path="", method=None, model=None)
     for label, v in (("lora_r", lora_r), ("batch", batch), ("seq", seq)):
         if not isinstance(v, int) or v <= 0:
@@ -261,17 +297,24 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
     else:
         mem, where = parse_bytes(memory_bytes), "given"
     budget = HEADROOM * mem
+    dev = training_device() if device == "auto" else device
+    if dev not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device {device!r}: use 'auto', 'cuda', 'mps' or 'cpu'")
     d.steps.append(f"Memory math: {mem / 1e9:.1f} GB ({where}); budget {HEADROOM:.0%} of it = {budget / 1e9:.1f} GB "
-                   f"(CUDA context, fragmentation, the OS); training shape batch {batch} x seq {seq}.")
+                   f"(CUDA context, fragmentation, the OS); training shape batch {batch} x seq {seq}; the whole "
+                   f"job (load, train, save) on {dev} in {_recipe_dtype(dev)}, as the recipe runs it there.")
     tries = {"lora": ("lora", "qlora"), "full": ("full",), "cpt": ("full",), "scratch": ("full",)}[method]
     for name in CANDIDATES:
         cfg = ModelConfig.preset(name)
         for m in tries:
             for ckpt in (False, True):
-                est = memory.estimate(cfg, m, batch, seq, grad_ckpt=ckpt, lora_r=lora_r)
-                if est.total <= budget:
+                est = job_estimate(cfg, m, batch, seq, ckpt, lora_r, dev)
+                if est is not None and est.total <= budget:
                     d.fits.append((name, m, ckpt, round(est.total / 1e9, 2)))
                     break
+    if dev == "cpu" and "qlora" in tries:
+        d.steps.append("   (QLoRA is not counted on a CPU: its NF4 base computes in bf16 on a GPU; the CPU recipe "
+                       "runs fp32, which the memory math does not model for NF4)")
     fits_by = {(n, m): (c, gb) for n, m, c, gb in d.fits}
     start = base_model or DEFAULT_START
     if start not in CANDIDATES:

@@ -23,6 +23,7 @@ from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretraine
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
 from minift.generate import generate
+from minift.cpu_memory import release_freed_memory
 from minift.measure import process_peak_rss, reset_peak_rss
 from minift.tokenizer import load_tokenizer
 from minift.train import TrainConfig, evaluate, failure_point_warnings, train
@@ -30,6 +31,10 @@ from minift.train import TrainConfig, evaluate, failure_point_warnings, train
 logger = logging.getLogger(__name__)
 
 METHODS = ("lora", "qlora", "full")
+# Tokens per chunk of the fused head + loss on a CPU: its fp32 (chunk x vocab) logits are the
+# step's largest temporary (1024 x 151,936 x 4 B = 0.62 GB, and the softmax needs two), and a
+# CPU matmul is no faster on longer chunks. GPUs keep the model's 1024.
+CPU_LOSS_CHUNK = 256
 
 
 @dataclass
@@ -93,7 +98,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         raise ValueError(f"method must be one of {METHODS}, not {cfg.method!r}")
     device = pick_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    rss_at_start = reset_peak_rss() if device.type == "cpu" else 0  # the interpreter, libraries, earlier work
+    if device.type == "cpu":
+        release_freed_memory()  # glibc would keep freed activations resident: 2-3x the live tensors
+        reset_peak_rss()        # the peak from here: earlier work in this process does not count
     model_dir = model_dir or resolve_model_dir(cfg.model)
     # The rank (failure point 5) is add_lora's to warn about, once, when it builds the adapter.
     warnings = failure_point_warnings("full" if cfg.method == "full" else cfg.method, cfg.model)
@@ -104,6 +111,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     # QLoRA: each projection is quantized as it is read, so the float base never exists (issue 10).
     model = load_pretrained(model_dir, dtype=dtype, device=device, quantize="nf4" if cfg.method == "qlora" else None)
     n_params = model.config.num_params()  # the checkpoint's count (a Linear4bit's codes are buffers)
+    if device.type == "cpu":
+        model.loss_chunk_size = CPU_LOSS_CHUNK
 
     data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
                     max_examples=cfg.max_examples)
@@ -125,7 +134,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     try:
         predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
                                     cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
-                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type)
+                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type,
+                                    loss_chunk=model.loss_chunk_size, load=_load_kind(cfg.method),
+                                    save="model" if cfg.method == "full" else "adapter")
         logger.info("predicted memory:\n%s", predicted.table())
     except ValueError as e:  # a configuration the math does not model (fp32 QLoRA, as on a CPU): train anyway
         predicted = None
@@ -169,8 +180,10 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         measured = torch.mps.driver_allocated_memory()
         kind = "torch.mps.driver_allocated_memory after training (a sample, not a peak)"
     else:
-        measured = process_peak_rss() - rss_at_start
-        kind = "peak resident memory above the process's size when the recipe started (whole recipe)"
+        # absolute, like memory.estimate's CPU job (which counts the process itself): VmHWM was
+        # reset when the recipe started, so this is the recipe's peak, runtime included
+        measured = process_peak_rss()
+        kind = "peak resident memory of the process (whole recipe, runtime included)"
     eval_after = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
 
@@ -206,6 +219,11 @@ def _held_out_loss(model, val_rows: Batches, max_batches: int | None) -> dict:
         return evaluate(model, val_rows, max_batches)
     finally:
         val_rows.load_state_dict(start)
+
+
+def _load_kind(method: str) -> str:
+    # how this recipe loads its base, in memory.estimate's words (QLoRA: quantize-on-load)
+    return "nf4-stream" if method == "qlora" else "float"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

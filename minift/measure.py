@@ -299,8 +299,123 @@ def run_in_subprocess(cfg: ModelConfig, method: str, batch: int, seq: int, *, ti
     return StepMeasurement(**json.loads(last))
 
 
+# ====================================================================== the whole job, from disk
+JOB_PHASES = ("load", "quantize", "add LoRA", "train", "save")
+
+
+@dataclass
+class JobMeasurement:
+    phases: dict         # phase -> peak bytes during it (CUDA: max_memory_allocated; CPU: process VmHWM)
+    seconds: dict        # phase -> wall seconds
+    peak: int            # the largest phase
+    peak_phase: str
+    how: str
+    loss: float
+    baseline: int = 0    # CPU: the process's resident size before loading (Python, torch); CUDA: 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _PhasePeaks:
+    """Peak memory per phase: reset at the start of each, read at its end."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.phases, self.seconds = device, {}, {}
+        self.how = "cuda max_memory_allocated" if device.type == "cuda" else "cpu process peak rss (VmHWM)"
+
+    def run(self, name, fn):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+        t0 = time.perf_counter()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.phases[name] = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.phases[name] = process_peak_rss()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return out
+
+
+def run_job(model_dir: str, method: str, batch: int, seq: int, steps: int = 2, *, device="cuda",
+            dtype="bfloat16", load: str = "float", grad_ckpt: bool = True, loss_chunk: int = 256,
+            lora_r: int = 16, save_dir: str | None = None) -> JobMeasurement:
+    """A user's whole job from a checkpoint on disk, each phase's peak measured on its own:
+    load (load_pretrained; "nf4-stream" with quantize="nf4"; "nf4-prequantized" reads a bnb
+    4-bit checkpoint), quantize (QLoRA after a float load: quant.quantize_model), add LoRA (r,
+    alpha 2r, all seven projections, fp32), train (`steps` steps of minift's loop at batch x seq
+    with AdamW), save (the adapter to save_dir, or a temporary directory). The optimizer is
+    dropped before saving, as finetune's train() returns. Run it in a fresh process
+    (run_job_in_subprocess): on CPU the numbers are the process's resident peaks."""
+    import tempfile
+
+    from minift import lora, quant
+    from minift.checkpoint import load_pretrained
+    from minift.device import resolve_dtype
+    from minift.optim import AdamW, param_groups
+
+    device = torch.device(device)
+    dt = resolve_dtype(dtype, device)
+    if device.type == "cpu":
+        from minift.cpu_memory import release_freed_memory
+        release_freed_memory()
+    baseline = reset_peak_rss() if device.type == "cpu" else 0
+    pp = _PhasePeaks(device)
+    kw = {"quantize": "nf4"} if load == "nf4-stream" else {}
+    model = pp.run("load", lambda: load_pretrained(model_dir, dtype=dt, device=device, **kw))
+    if method == "qlora" and load == "float":
+        pp.run("quantize", lambda: quant.quantize_model(model, compute_dtype=dt))
+    pp.run("add LoRA", lambda: lora.add_lora(model, r=lora_r, alpha=2 * lora_r, targets="all-linear"))
+    model.gradient_checkpointing = grad_ckpt
+    model.loss_chunk_size = loss_chunk
+    model.train()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    vocab = model.config.vocab_size
+    losses = []
+
+    def train():
+        optimizer = AdamW(param_groups(model, 0.0), lr=1e-4)
+        for _ in range(steps):
+            ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+            targets = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+            loss = model(ids, targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            del loss, ids, targets
+    pp.run("train", train)                      # the optimizer (and its m, v) dies with train()
+    with tempfile.TemporaryDirectory() as tmp:
+        pp.run("save", lambda: lora.save_adapter(model, save_dir or tmp))
+    peak_phase = max(pp.phases, key=pp.phases.get)
+    return JobMeasurement(phases=pp.phases, seconds=pp.seconds, peak=pp.phases[peak_phase],
+                          peak_phase=peak_phase, how=pp.how, loss=losses[-1], baseline=baseline)
+
+
+def run_job_in_subprocess(model_dir: str, method: str, batch: int, seq: int, *, timeout: float = 900,
+                          **kwargs) -> JobMeasurement:
+    """run_job in a fresh Python process (nothing earlier inflates its peaks; an out-of-memory
+    kills only it). Raises RuntimeError with the child's stderr tail when it fails."""
+    spec = {"job": True, "model_dir": model_dir, "method": method, "batch": batch, "seq": seq, "kwargs": kwargs}
+    proc = subprocess.run([sys.executable, "-m", "minift.measure"], input=json.dumps(spec), text=True,
+                          capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"job {model_dir} {method} {batch}x{seq} failed (exit {proc.returncode}):\n{tail}")
+    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    return JobMeasurement(**json.loads(last))
+
+
 def _child_main() -> None:
     spec = json.loads(sys.stdin.read())
+    if spec.get("job"):
+        m = run_job(spec["model_dir"], spec["method"], spec["batch"], spec["seq"], **spec["kwargs"])
+        sys.stdout.write(json.dumps(m.as_dict()) + "\n")
+        return
     cfg = ModelConfig.from_hf_dict(spec["cfg"], source="spec")
     cfg.name_or_path = spec.get("name", "")
     m = run_training_steps(cfg, spec["method"], spec["batch"], spec["seq"], **spec["kwargs"])

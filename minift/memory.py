@@ -298,6 +298,21 @@ class MemoryEstimate:
     optimizer_transient: int = 0                        # AdamW.step's largest per-parameter temporary
     phases: dict = field(default_factory=dict)          # phase -> {component: bytes}
     notes: list = field(default_factory=list)
+    job: dict = field(default_factory=dict)             # whole-job settings (empty: the step alone)
+
+    @property
+    def step_phases(self) -> dict:
+        """The training step's phases (without the job's load, quantize, add LoRA, save)."""
+        return {k: v for k, v in self.phases.items() if not k.startswith(JOB_PHASE_PREFIXES)}
+
+    @property
+    def step_peak_phase(self) -> str:
+        return max(self.step_phases, key=lambda p: _sum(self.phases[p]))
+
+    @property
+    def step_total(self) -> int:
+        """The step's peak alone (equal to total for an estimate without job phases)."""
+        return _sum(self.phases[self.step_peak_phase])
 
     @property
     def weights_total(self) -> int:
@@ -322,7 +337,8 @@ class MemoryEstimate:
                 "activations_other": dict(self.activations_other), "loss": self.loss,
                 "kv_cache": self.kv_cache, "optimizer_transient": self.optimizer_transient,
                 "phases": {k: dict(v) for k, v in self.phases.items()},
-                "peak_phase": self.peak_phase, "total": self.total, "notes": list(self.notes)}
+                "peak_phase": self.peak_phase, "total": self.total, "notes": list(self.notes),
+                "job": dict(self.job), "step_peak_phase": self.step_peak_phase, "step_total": self.step_total}
 
     def table(self) -> str:
         rows = [f"memory estimate: {self.model} {self.method} batch {self.batch} x seq {self.seq}"
@@ -353,6 +369,9 @@ class MemoryEstimate:
             mark = "  <- peak" if p == peak else ""
             rows.append(f"    {p:<42} {_sum(comp) / GB:>9.3f} GB{mark}")
         rows.append(f"  peak {self.total / GB:.3f} GB ({peak})")
+        if self.job and self.step_peak_phase != peak:
+            rows.append(f"  the step alone peaks at {self.step_total / GB:.3f} GB ({self.step_peak_phase}); "
+                        f"the job's peak is outside the step")
         rows += [f"  note: {n}" for n in self.notes]
         return "\n".join(rows)
 
@@ -457,8 +476,11 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
              master_weights: bool = False,
              optimizer_state_dtype: str = "float32", loss: str = "chunked", loss_chunk: int = 1024,
              blocksize: int = 64, double_quant: bool = True, kv_cache_len: int | None = None,
-             device: str = "cuda", kernels: str = "auto", foreach="auto") -> MemoryEstimate:
-    """Predict the peak allocated bytes of one training step (or one prefill for "inference").
+             device: str = "cuda", kernels: str = "auto", foreach="auto",
+             load: str | None = None, checkpoint_dtype: str = "bfloat16", save: str | None = None,
+             process: bool | None = None) -> MemoryEstimate:
+    """Predict the peak allocated bytes of one training step (or one prefill for "inference"),
+    or, with `load` (or `save`), of the whole job (see _add_job_phases: Note: the whole job).
 
     method: "scratch" | "cpt" | "full" (all three train every weight: same memory), "lora",
       "qlora" (NF4 base + LoRA), "inference" (a no-grad prefill of batch x seq; with
@@ -472,7 +494,14 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
       activations are those of its compute dtype (bf16 math saves the bf16 input it shares with
       the base, no fp32 copy); its parameters, grads and Adam states those of adapter_dtype.
     device: "cuda" (the target) or "cpu"/"mps": on CPU a mixed-dtype add copies its bf16 input
-      to fp32 first, one more temporary in the LoRA forward (see _layer)."""
+      to fp32 first, one more temporary in the LoRA forward (see _layer).
+    load: None (the step alone) or how the job starts: "float" (load_pretrained in param_dtype;
+      QLoRA then runs quant.quantize_model, a "quantize" phase), "nf4-stream" (load_pretrained(...,
+      quantize="nf4"): each projection quantized as it is read) or "nf4-prequantized" (a bnb 4-bit
+      checkpoint read as it is stored). checkpoint_dtype: the float dtype on disk.
+    save: None, "adapter" (lora.save_adapter) or "model" (save_pretrained, full fine-tuning).
+    process: count what the process holds (CPU: resident memory, the runtime included);
+      None = on for device "cpu" in a whole-job estimate."""
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {', '.join(METHODS)}")
     for label, v in (("batch", batch), ("seq", seq), ("lora_r", lora_r), ("loss_chunk", loss_chunk),
@@ -487,6 +516,7 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
         raise ValueError(f"device must be 'cuda', 'cpu' or 'mps', got {device!r}")
     if kernels not in ("auto", "triton", "reference"):
         raise ValueError(f"kernels must be 'auto', 'triton' or 'reference', got {kernels!r}")
+    _check_job_args(method, load, save, checkpoint_dtype)
     # kernels/dispatch.py: Triton on CUDA (when triton imports), the PyTorch reference elsewhere
     triton = kernels == "triton" or (kernels == "auto" and device == "cuda")
     cpu = device == "cpu"
@@ -626,6 +656,9 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
         est.phases["backward: embedding"] = {**P, "grads": grads, "d embedding (dense)":
                                              s * V * h if cfg.tie_word_embeddings else 0, "d hidden": dh}
     est.phases["optimizer step"] = {**P, "grads": grads, "AdamW temporaries": est.optimizer_transient}
+    if load is not None or save is not None:
+        _add_job_phases(est, cfg, method, s, a, n_train, load, checkpoint_dtype, save, device, process,
+                        blocksize, double_quant)
     return est
 
 
@@ -651,6 +684,137 @@ def _inference(est, cfg, B, T, s, kv_len, W):
     est.phases["head"] = {"weights": W, "KV cache": est.kv_cache, "final norm + last logits": head,
                           "ids + rotary": 8 * n + 2 * s * n * cfg.head_dim}
     return est
+
+
+# ====================================================================== the whole job
+# Note: the whole job. A user's job is not one step: it loads a checkpoint from disk, (QLoRA)
+# quantizes, adds LoRA, trains, saves. Each of these is a phase beside the step's phases in
+# est.phases, so est.total is the peak over the whole job and est.peak_phase names where it is:
+#
+#   load: ...        the largest moment of loading: everything already resident plus the tensor
+#                    in flight and its quantization temporaries (checkpoint.load_pretrained reads
+#                    one tensor at a time with plain reads, converts it on the device, and for
+#                    quantize="nf4" quantizes it there before the next is read)
+#   quantize         QLoRA from a float load: quant.quantize_model over the whole float model
+#   add LoRA         the base plus the adapters (fp32 by default)
+#   (the step's phases, as above)
+#   save: ...        the adapter (a few MB) or the whole model (safetensors copies one shard
+#                    into host memory to serialize it)
+#
+# The step's optimizer states die with train()'s optimizer, so they are not in load or save.
+# On CPU (process=True) every phase also carries the process itself: Python, torch, minift, the
+# tokenizer and the tokenized data (CPU_PROCESS_BYTES, measured), and host-side buffers that a
+# GPU's allocator would not see (the tensor being read from disk, the shard being written).
+# Where the CPU allocator keeps freed memory (glibc's growing mmap threshold), the resident size
+# is far above this; minift.cpu_memory.release_freed_memory() is what makes it hold.
+
+LOAD_KINDS = ("float", "nf4-stream", "nf4-prequantized")
+SAVE_KINDS = ("adapter", "model")
+JOB_PHASE_PREFIXES = ("load: ", "quantize", "add LoRA", "save: ")
+# Resident memory of a CPU recipe process before its model: Python 3.11 + torch 2.13 + minift
+# imported (0.23 GB), the Qwen2.5 tokenizer loaded (+0.10 GB) and the fairytale pairs tokenized
+# (+0.02 GB), measured with VmRSS on this project's CPU machine (2026-11-30).
+CPU_PROCESS_BYTES = int(0.36e9)
+
+
+def _check_job_args(method, load, save, checkpoint_dtype) -> None:
+    if load is None and save is None:
+        return
+    if method == "inference":
+        raise ValueError("load/save describe a training job; method='inference' has no job phases")
+    if load is not None and load not in LOAD_KINDS:
+        raise ValueError(f"load={load!r}: use one of {', '.join(LOAD_KINDS)}")
+    if load in ("nf4-stream", "nf4-prequantized") and method != "qlora":
+        raise ValueError(f"load={load!r} gives an NF4 base: that is method='qlora', not {method!r}")
+    if save is not None and save not in SAVE_KINDS:
+        raise ValueError(f"save={save!r}: use one of {', '.join(SAVE_KINDS)}")
+    if save == "adapter" and method not in ADAPTER:
+        raise ValueError(f"save='adapter' needs an adapter method (lora, qlora), not {method!r}")
+    _bytes_of(checkpoint_dtype, "checkpoint_dtype")
+
+
+def nf4_quantize_temporaries(numel: int, in_bytes: int) -> int:
+    """Bytes kernels/nf4.quantize allocates for one weight of `numel` elements beyond its input,
+    all alive at its last step (Python keeps every name until it returns): the fp32 copy (4n; none
+    if the input is fp32 already: .float() is then a view), the padded blocks (4n), the scaled
+    values (4n), the int32 codes (4n), the uint8 codes (n), one shifted half (n/2) and the packed
+    result (n/2). 18 B per element for a bf16 weight: 1.22 GB for a 7B MLP projection."""
+    return (0 if in_bytes == 4 else 4 * numel) + 14 * numel
+
+
+def _largest_units(cfg: ModelConfig) -> tuple[int, int]:
+    """(elements of the largest projection, elements of the largest other tensor)."""
+    return max(i * o for i, o in _shapes(cfg).values()), cfg.vocab_size * cfg.hidden_size
+
+
+def _load_phase(cfg, method, s, cs, load, W, host, blocksize, double_quant) -> tuple[str, dict]:
+    """The largest moment of loading. Units are read in file order, so the last one may be any;
+    the phase takes the worst: the finished model minus that unit's final form plus what it
+    needs in flight. host: count host-side buffers (the process view on CPU)."""
+    n_proj, n_embed = _largest_units(cfg)
+    # the unit read from disk lands in host memory in the checkpoint's dtype; on CPU, converting
+    # it to the model's dtype makes a second tensor (the read buffer dies after), with the same
+    # dtype .to() hands back the buffer itself
+    read = (lambda k: cs * k if (host and cs != s) else 0)
+    if load == "float":
+        W_float = W if method != "qlora" else W - _nf4_projection_bytes(cfg, blocksize, double_quant) \
+            + s * cfg.num_hidden_layers * sum(i * o for i, o in _shapes(cfg).values())
+        return "load: float weights (largest tensor in flight)", {
+            "weights loaded (float)": W_float, "tensor read from disk (host)": read(n_embed)}
+    if load == "nf4-stream":
+        proj = W - nf4_bytes(n_proj, blocksize, double_quant) + s * n_proj + read(n_proj) \
+            + nf4_quantize_temporaries(n_proj, s)
+        other = W + read(n_embed)
+        if proj >= other:
+            return "load: nf4 quantize-on-load (largest projection in flight)", {
+                "weights loaded (NF4 + float rest)": W - nf4_bytes(n_proj, blocksize, double_quant),
+                "projection in flight (float)": s * n_proj, "tensor read from disk (host)": read(n_proj),
+                "quantize temporaries": nf4_quantize_temporaries(n_proj, s)}
+        return "load: nf4 quantize-on-load (embedding in flight)", {
+            "weights loaded": W, "tensor read from disk (host)": read(n_embed)}
+    # pre-quantized: packed codes and statistics are read and moved as they are; the largest
+    # float tensor (the embedding) is the one converted
+    return "load: pre-quantized nf4", {"weights loaded": W, "tensor read from disk (host)": read(n_embed)}
+
+
+def _nf4_projection_bytes(cfg, blocksize, double_quant) -> int:
+    return cfg.num_hidden_layers * sum(nf4_bytes(i * o, blocksize, double_quant) for i, o in _shapes(cfg).values())
+
+
+def _add_job_phases(est: MemoryEstimate, cfg, method, s, a, n_train, load, checkpoint_dtype, save, device,
+                    process, blocksize, double_quant) -> None:
+    """Put the job's phases around the step's (Note: the whole job)."""
+    host = device == "cpu" if process is None else bool(process)
+    cs = _bytes_of(checkpoint_dtype, "checkpoint_dtype")
+    W = est.weights_total
+    step = est.phases
+    phases: OrderedDict[str, dict] = OrderedDict()
+    if load is not None:
+        name, parts = _load_phase(cfg, method, s, cs, load, W, host, blocksize, double_quant)
+        phases[name] = parts
+        if load == "float" and method == "qlora":
+            # quant.quantize_model: at the first MLP projection the whole float model is still
+            # there (its float projections go one by one) plus that projection's temporaries
+            n_proj = _largest_units(cfg)[0]
+            phases["quantize (quant.quantize_model on the float model)"] = {
+                "float model": parts["weights loaded (float)"],
+                "quantize temporaries": nf4_quantize_temporaries(n_proj, s)}
+    lora_bytes = a * n_train if method in ADAPTER else 0
+    if method in ADAPTER:
+        phases["add LoRA"] = {"weights": W, "LoRA params": lora_bytes}
+    phases.update(step)
+    if save == "adapter":
+        # safetensors serializes the adapter into one host buffer (a copy of every tensor)
+        phases["save: adapter"] = {"weights": W, "LoRA params": lora_bytes,
+                                   "serialized adapter (host)": lora_bytes if host else 0}
+    elif save == "model":
+        shard = min(W, int(5e9))           # save_pretrained's default max_shard_size
+        phases["save: model"] = {"weights": W, "one shard serialized (host)": shard if host else 0}
+    if host:
+        for parts in phases.values():
+            parts["process (Python, torch, tokenizer, data)"] = CPU_PROCESS_BYTES
+    est.phases = phases
+    est.job = {"load": load, "checkpoint_dtype": checkpoint_dtype, "save": save, "process": host}
 
 
 # ====================================================================== the seed chapter's tables

@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--license-separate", type=yes_no, default=False,
                     help="4. must the licence stay separate (share only the adapter)? yes/no")
     ap.add_argument("--memory", help="memory to plan for, e.g. 24GB (default: this machine's)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                    help="where the job would train (default: this machine's); sets the dtype the memory math uses")
     ap.add_argument("--base-model", choices=CANDIDATES, help="start the search here (default qwen2.5-0.5b)")
     ap.add_argument("--r", type=int, default=16, help="LoRA rank")
     ap.add_argument("--batch", type=int, default=4)
@@ -55,7 +57,7 @@ def main():
         tok = load_tokenizer(a.tokenizer)
     try:
         d = decide(general_covered=a.general, data=a.data, dataset=a.dataset, laptop=a.laptop,
-                   separate_license=a.license_separate, memory_bytes=a.memory, tokenizer=tok, lora_r=a.r,
+                   separate_license=a.license_separate, memory_bytes=a.memory, tokenizer=tok, lora_r=a.r, device=a.device,
                    batch=a.batch, seq=a.seq, base_model=a.base_model)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

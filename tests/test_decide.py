@@ -7,7 +7,8 @@ from minift import decide as D
 
 
 def run(**kw):
-    args = dict(general_covered=False, laptop=False, separate_license=False, memory_bytes="141GB")
+    # the memory math of a GPU (bf16), whatever machine runs the tests; CPU answers are tested below
+    args = dict(general_covered=False, laptop=False, separate_license=False, memory_bytes="141GB", device="cuda")
     args.update(kw)
     return D.decide(**args)
 
@@ -104,3 +105,31 @@ def test_dataset_file(tmp_path):
     bad.write_text('{"instruction": "q", "output": "a"}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl"):
         run(dataset=str(bad))
+
+
+def test_cpu_answer_is_the_fp32_whole_job():
+    # Issue 10: on a 24 GB CPU the recipe loads fp32 weights (7B: 30 GB before anything else), so
+    # 7B LoRA must not "fit" there, whatever a bf16 GPU step would need (18.5 GB).
+    from minift import memory
+    from minift.config import ModelConfig
+    d = run(data="2K pairs", laptop=True, separate_license=True, memory_bytes="24GB", device="cpu")
+    assert not any(name == "qwen2.5-7b" for name, *_ in d.fits), d.steps
+    assert not any(m == "qlora" for _, m, *_ in d.fits)          # not modelled in fp32: never claimed
+    assert (d.method, d.model) == ("lora", "Qwen/Qwen2.5-0.5B-Instruct")
+    cfg = ModelConfig.preset("qwen2.5-7b")
+    job = D.job_estimate(cfg, "lora", 4, 1024, True, 16, "cpu")
+    assert job.param_dtype == "float32" and job.total > 30e9   # 4 B x 7.6e9 weights alone
+    assert job.job["process"] and job.job["load"] == "float"
+    # on a GPU the same question counts bf16 and finds 7B LoRA fits 24 GB with checkpointing
+    gpu = run(data="2K pairs", laptop=True, separate_license=True, memory_bytes="32GB", device="cuda",
+              base_model="qwen2.5-7b")
+    assert ("qwen2.5-7b", "lora") in {(n, m) for n, m, *_ in gpu.fits}
+    # the number decide compares is the whole job's peak, phases named
+    est = D.job_estimate(ModelConfig.preset("qwen2.5-0.5b"), "lora", 4, 1024, False, 16, "cpu")
+    assert any(p.startswith("load: ") for p in est.phases) and "save: adapter" in est.phases
+    assert est.total == max(sum(v.values()) for v in est.phases.values())
+
+
+def test_decide_refuses_an_unknown_device():
+    with pytest.raises(ValueError, match="device"):
+        run(data="2K pairs", device="tpu")

@@ -238,3 +238,68 @@ def test_flops_per_token():
     assert flops.training_time(cfg, "lora", 3600 * 1000, tokens_per_s=1000) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         flops.training_time(cfg, "lora", 1e6, mfu=0)
+
+
+# ====================================================================== the whole job (issue 10)
+def test_job_phases_name_the_peak():
+    cfg = ModelConfig.preset("qwen2.5-7b")
+    kw = dict(grad_ckpt=True, loss_chunk=256, save="adapter")
+    stream = memory.estimate(cfg, "qlora", 4, 1024, load="nf4-stream", **kw)
+    step = memory.estimate(cfg, "qlora", 4, 1024, grad_ckpt=True, loss_chunk=256)
+    # the job adds phases around the step and leaves the step's own numbers as they were
+    assert stream.step_total == step.total and stream.step_peak_phase == step.peak_phase
+    assert list(stream.phases)[0].startswith("load: ") and list(stream.phases)[-1] == "save: adapter"
+    assert stream.peak_phase == step.peak_phase                   # quantize-on-load stays below the step
+    float_load = memory.estimate(cfg, "qlora", 4, 1024, load="float", **kw)
+    # load bf16, then quant.quantize_model: the float model plus one MLP projection's temporaries.
+    # Measured on the H200 (issue 10, 2026-11-30, load_pretrained -> quantize_model): 16.47 GB;
+    # 1% covers the allocator's 512 B rounding and the CUDA graph-free step's small buffers.
+    assert float_load.peak_phase.startswith("quantize")
+    assert float_load.total == pytest.approx(16.47e9, rel=0.01)
+    assert "outside the step" in float_load.table() and "<- peak" in float_load.table()
+    # 18 B per element of a bf16 weight: fp32 copy, padded blocks, scaled, int32 codes, uint8, pack
+    assert memory.nf4_quantize_temporaries(1000, 2) == 18000
+    assert memory.nf4_quantize_temporaries(1000, 4) == 14000
+    cpu = memory.estimate(ModelConfig.preset("qwen2.5-0.5b"), "lora", 2, 512, param_dtype="float32",
+                          device="cpu", loss_chunk=256, load="float", save="adapter")
+    assert all("process (Python, torch, tokenizer, data)" in p for p in cpu.phases.values())
+    with pytest.raises(ValueError, match="load="):
+        memory.estimate(cfg, "lora", 4, 1024, load="nf4-stream")
+    with pytest.raises(ValueError, match="save="):
+        memory.estimate(cfg, "lora", 4, 1024, load="float", save="everything")
+
+
+def test_job_on_cpu_matches_a_fresh_process(tmp_path):
+    """The whole job from disk (load, add LoRA, train, save) in a fresh process, its resident
+    peak per phase beside memory.estimate's CPU process view."""
+    from minift.checkpoint import save_pretrained
+    from minift.measure import run_job_in_subprocess
+    from minift.model import Transformer
+    cfg = ModelConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=2, name_or_path="cpu-job")
+    torch.manual_seed(0)
+    save_pretrained(Transformer(cfg), tmp_path / "ckpt", dtype="bfloat16")
+    m = run_job_in_subprocess(str(tmp_path / "ckpt"), "lora", 2, 512, device="cpu", dtype="float32",
+                              load="float", grad_ckpt=False, loss_chunk=256, steps=2)
+    est = memory.estimate(cfg, "lora", 2, 512, param_dtype="float32", device="cpu", loss_chunk=256,
+                          load="float", save="adapter")
+    assert m.peak_phase == "train" and not est.peak_phase.startswith(memory.JOB_PHASE_PREFIXES)
+    # The process's runtime is measured here (m.baseline) rather than taken from
+    # CPU_PROCESS_BYTES, which also counts the recipe's tokenizer and data.
+    above = {k: v - m.baseline for k, v in m.phases.items()}
+    pred = {"load": max(sum(v.values()) for k, v in est.phases.items() if k.startswith("load: ")),
+            "train": est.step_total}
+    pred = {k: v - memory.CPU_PROCESS_BYTES for k, v in pred.items()}
+    # RSS above the tensors: malloc's per-chunk headers, partially used pages, and the math
+    # libraries' first-use buffers (oneDNN/MKL scratch, tens of MB). 1.3x is the issue's bound for
+    # the CPU whole job; the lower bound says the math does not count what is not there.
+    # Measured 2026-11-30 on the 2-core CPU: train 0.916 GB above the runtime, predicted 0.729 (1.26x).
+    assert 0.85 * pred["train"] <= above["train"] <= 1.3 * pred["train"], (above, pred)
+    import inspect
+
+    from minift.checkpoint import load_pretrained
+    if "quantize" in inspect.signature(load_pretrained).parameters:
+        # the streaming loader (plain reads, one tensor at a time) is what the load phase models;
+        # the older one mapped the file (safe_open), whose pages count as resident too (0.62 GB
+        # measured here against 0.38 predicted)
+        assert 0.85 * pred["load"] <= above["load"] <= 1.3 * pred["load"], (above, pred)
