@@ -597,6 +597,25 @@ class DataSummary:
     num_tokens: int | None = None   # with a tokenizer: all tokens (chat template included for pairs)
     num_loss_tokens: int | None = None  # pairs: answer tokens; text: same as num_tokens
     num_skipped_lines: int = 0
+    example_tokens: list[int] | None = None  # with a tokenizer: each example's length in tokens
+
+    def token_summary(self, seq_len: int | None = None) -> str:
+        """The token counts in one line (needs a tokenizer's counts): totals, the spread of the
+        examples' lengths, and how many a row of seq_len would truncate."""
+        if self.example_tokens is None or not self.example_tokens:
+            return "not tokenized"
+        lengths = sorted(self.example_tokens)
+        pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]  # noqa: E731
+        what = "with the chat template" if self.kind == "pairs" else "with a separator after each document"
+        s = f"{self.num_tokens:,} tokens {what}"
+        if self.kind == "pairs":
+            s += f" ({self.num_loss_tokens:,} in the answers)"
+        s += (f"; per {'pair' if self.kind == 'pairs' else 'document'}: median {pick(0.5):,}, "
+              f"95th percentile {pick(0.95):,}, longest {lengths[-1]:,}")
+        if seq_len is not None:
+            longer = sum(n > seq_len for n in lengths)
+            s += f"; {longer:,} of {len(lengths):,} longer than seq_len={seq_len}"
+        return s
 
 
 def _kind(path: str) -> str:
@@ -619,14 +638,18 @@ def dataset_stats(path: str, tokenizer=None, skip_bad_lines: bool = False) -> Da
         raise FileNotFoundError(f"{path}: no such file")
     if _kind(path) == "text":
         docs = read_text(path)
-        n_tok = sum(len(tokenizer.encode(d)) + 1 for d in docs) if tokenizer is not None else None
-        return DataSummary(path, "text", len(docs), n_tok, n_tok)
+        if tokenizer is None:
+            return DataSummary(path, "text", len(docs))
+        lengths = [len(tokenizer.encode(d)) + 1 for d in docs]
+        return DataSummary(path, "text", len(docs), sum(lengths), sum(lengths), example_tokens=lengths)
     data = read_jsonl(path, skip_bad_lines=skip_bad_lines)
     summary = DataSummary(path, "pairs", len(data), num_skipped_lines=len(data.skipped))
     if tokenizer is not None:
         summary.num_tokens = summary.num_loss_tokens = 0
+        summary.example_tokens = []
         for messages in data:
             ids, labels = encode_chat(messages, tokenizer)
             summary.num_tokens += len(ids)
             summary.num_loss_tokens += sum(t != IGNORE_INDEX for t in labels)
+            summary.example_tokens.append(len(ids))
     return summary
