@@ -184,17 +184,16 @@ def render_model_card(report, repo_id: str | None = None, license: str | None = 
     meta += _yaml("tags", list(dict.fromkeys(tags)))
 
     name = repo_id.split("/")[-1] if repo_id else "LoRA adapter"
-    base_text = (f"[`{hub_base}`](https://huggingface.co/{hub_base})" if hub_base else
-                 f"`{base}`, a local model folder, not a Hub repository: this adapter only works on top of "
-                 f"that exact model (for minift's embedded default, the ~10M GPT `scripts/train_tiny.py` trains "
-                 f"from scratch)")
+    base_text = f"[`{hub_base}`](https://huggingface.co/{hub_base})" if hub_base else f"`{base}`"
+    where = ("its own repository; load the base from there and this adapter on top" if hub_base else
+             "the folder it was trained from, which is not on the Hub: the adapter works only on top of that "
+             "exact model (minift's embedded default is the ~10M GPT scripts/train_tiny.py trains from scratch)")
     method = "QLoRA (LoRA over the NF4-quantized base)" if cfg["method"] == "qlora" else "LoRA"
     lines = ["---", *meta, "---", "", f"# {name}", "",
-             f"A {method} adapter for {base_text}, trained with "
-             f"minift (a from-first-principles fine-tuning framework) and saved in peft's "
-             f"layout. Only the adapter is shared: the base model's weights and licence stay in its own "
-             f"repository; load the base from there and this adapter on top.", ""]
-    lines += ["## Base model", "", f"- {base_text}",
+             f"A {method} adapter for {base_text}, trained with minift (a from-first-principles fine-tuning "
+             f"framework) and saved in peft's layout. Only the adapter is shared: the base model's weights and "
+             f"licence stay in {where}.", ""]
+    lines += ["## Base model", "", f"- {base_text}" + ("" if hub_base else " (a local model folder)"),
               f"- {rep.get('num_params', 0):,} parameters; {rep.get('trainable_params', 0):,} trained "
               f"({100 * rep.get('trainable_params', 0) / max(rep.get('num_params', 0), 1):.2f}%)",
               f"- licence: {license or 'not stated here: check the base model and set it before sharing'}", ""]
@@ -206,7 +205,7 @@ def render_model_card(report, repo_id: str | None = None, license: str | None = 
     for part in ("train", "held_out"):
         if stats.get(part):
             st = stats[part]
-            lines.append(f"- {part.replace('_', '-')}: {st.get('num_examples', 0):,} examples, "
+            lines.append(f"- {part.replace('_', '-')}: {st.get('num_examples', 0):,} example(s), "
                          f"{st.get('num_tokens', 0):,} tokens ({st.get('num_loss_tokens', 0):,} graded: the answers "
                          f"and their <|im_end|>), {st.get('num_truncated', 0):,} truncated at seq_len")
     lines += [f"- held-out fraction {cfg.get('val_fraction')}, split seed {cfg.get('seed')}; the loss is on the "

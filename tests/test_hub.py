@@ -87,7 +87,7 @@ def test_card_fields_and_the_folder_that_ships(adapter_run):
                  "| held-out loss | 0.835 | 0.609 |", "| held-out perplexity | 2.305 | 1.839 |",
                  "| characters_named | 0.120 ± 0.010 | 0.850 ± 0.020 |", "| place_named | 0.050 ± 0.020 | 0.740 ± 0.030 |",
                  "50 held-out requests, sampling seeds [0, 1, 2]", "predicted peak (minift.memory): 5.10 GiB",
-                 "measured peak: 4.87 GiB (torch.cuda.max_memory_allocated)", "train: 950 examples, 581,000 tokens",
+                 "measured peak: 4.87 GiB (torch.cuda.max_memory_allocated)", "train: 950 example(s), 581,000 tokens",
                  "옛날 옛적에 고양이와 돼지가 살았어요.", "PeftModel.from_pretrained(base, 'me/qwen-fairytales-lora')"]:
         assert text in card, text
     # The report as report.json holds it (a dict, after a JSON round trip) renders the same card.
@@ -104,7 +104,7 @@ def test_card_for_a_local_base_a_research_licence_and_no_story_eval(adapter_run,
     meta = front_matter(hub.write_model_card(report, adapter))
     assert "base_model" not in meta and "license" not in meta       # a folder is no Hub id; no licence claimed
     card = hub.render_model_card(report)
-    assert "a local model folder, not a Hub repository" in card and "characters_named" not in card
+    assert "(a local model folder)" in card and "which is not on the Hub" in card and "characters_named" not in card
     report.config = dict(report.config, model="Qwen/Qwen2.5-3B-Instruct", method="qlora")
     meta = front_matter(hub.write_model_card(report, adapter))
     assert (meta["license"], meta["license_name"]) == ("other", "qwen-research")
@@ -238,4 +238,4 @@ def test_lora_qwen_push_to_hub_offline(tiny_base, tmp_path):
     with open(adapter / "README.md", encoding="utf-8") as f:
         card = f.read()
     assert f"| held-out loss | {rep['eval_before']['loss']:.3f} | {rep['eval_after']['loss']:.3f} |" in card
-    assert f"train: {rep['data_stats']['train']['num_examples']:,} examples" in card
+    assert f"train: {rep['data_stats']['train']['num_examples']:,} example(s)" in card
