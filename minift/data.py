@@ -25,6 +25,7 @@ across the boundary raises rather than mask the wrong tokens). The span ends at 
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -68,6 +69,21 @@ class ChatData:
         return iter(self.conversations)
 
 
+def _text_problem(value, where: str, allow_empty: bool = True) -> str | None:
+    """None if `value` is usable text, else what is wrong with it. JSON can spell an unpaired
+    surrogate ("\\ud800"): Python accepts it as a str, but it is no character, and the tokenizer
+    (Rust, UTF-8 only) would fail on it far from this file."""
+    if not isinstance(value, str):
+        return f"{where} must be a string, got {type(value).__name__}"
+    if not allow_empty and not value.strip():
+        return f"{where} is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{where} holds {value[e.start]!r} at character {e.start}, an unpaired surrogate escape, not text"
+    return None
+
+
 def _check_messages(messages) -> str | None:
     """None if `messages` is a valid chat, else what is wrong with it."""
     if not isinstance(messages, list) or not messages:
@@ -78,10 +94,12 @@ def _check_messages(messages) -> str | None:
         for key in ("role", "content"):
             if key not in m:
                 return f"messages[{i}] has no {key!r}"
-        if m["role"] not in ROLES:
+        if not isinstance(m["role"], str) or m["role"] not in ROLES:
             return f"messages[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}"
-        if not isinstance(m["content"], str):
-            return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
+        # An empty answer teaches the model to stop at once; an empty prompt turn is harmless.
+        problem = _text_problem(m["content"], f"messages[{i}].content", allow_empty=m["role"] != "assistant")
+        if problem:
+            return problem + (" (an assistant answer)" if problem.endswith("empty") else "")
     if not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn: nothing to learn from this conversation"
     return None
@@ -89,10 +107,14 @@ def _check_messages(messages) -> str | None:
 
 def record_to_messages(obj) -> tuple[list[dict] | None, str | None]:
     """One JSON value -> (messages, None) or (None, what is wrong). The alpaca shape becomes
-    user = instruction + ("\\n\\n" + input if input) and assistant = output."""
+    user = instruction + ("\\n\\n" + input if input) and assistant = output. Other keys (an id, a
+    source) are allowed and ignored."""
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
     if "messages" in obj:
+        both = sorted(k for k in ("instruction", "input", "output") if k in obj)
+        if both:
+            return None, f"both 'messages' (chat) and {both} (alpaca): which one is the example? keep one shape"
         problem = _check_messages(obj["messages"])
         if problem:
             return None, problem
@@ -101,13 +123,14 @@ def record_to_messages(obj) -> tuple[list[dict] | None, str | None]:
         for key in ("instruction", "output"):
             if key not in obj:
                 return None, f"missing field {key!r} (alpaca records need 'instruction' and 'output')"
-            if not isinstance(obj[key], str):
-                return None, f"{key!r} must be a string, got {type(obj[key]).__name__}"
-            if not obj[key].strip():
-                return None, f"{key!r} is empty"
+            problem = _text_problem(obj[key], repr(key), allow_empty=False)
+            if problem:
+                return None, problem
         inp = obj.get("input")
-        if inp is not None and not isinstance(inp, str):
-            return None, f"'input' must be a string (or absent/null), got {type(inp).__name__}"
+        if inp is not None:
+            problem = _text_problem(inp, "'input'")
+            if problem:
+                return None, problem + " (or absent/null)" if "must be" in problem else problem
         user = obj["instruction"] + ("\n\n" + inp if inp else "")
         return [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}], None
     if "text" in obj:
@@ -116,32 +139,69 @@ def record_to_messages(obj) -> tuple[list[dict] | None, str | None]:
                   f"found keys {sorted(obj)}")
 
 
-def read_jsonl(path: str, skip_bad_lines: bool = False) -> ChatData:
-    """Read pairs or chats, one JSON object per line (blank lines are allowed and ignored).
-
-    A bad line raises DataError naming path:line and the problem; with skip_bad_lines=True it is
-    left out, recorded in ChatData.skipped and counted in a logged warning."""
-    conversations, lines, skipped, seen = [], [], [], 0
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            seen += 1
+def read_lines(path: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, None) for each line of a UTF-8 text file, or (line number, None, what is
+    wrong) for a line that is not UTF-8. Lines are numbered as an editor numbers them (split on
+    "\\n" only); Windows line ends ("\\r\\n") and a UTF-8 byte-order mark opening the file (as
+    Notepad and Excel write) are read as if absent. A file that is UTF-16 is refused as a whole."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            skip = 0
+            if line_no == 1:
+                if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise DataError(f"{path}:1: the file is UTF-16 (it opens with a UTF-16 byte-order mark); "
+                                    "save it as UTF-8")
+                if raw.startswith(codecs.BOM_UTF8):
+                    skip = len(codecs.BOM_UTF8)
+            raw = raw[skip:].removesuffix(b"\n").removesuffix(b"\r")
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                messages, problem = None, f"not JSON ({e.msg} at column {e.colno})"
-            else:
-                messages, problem = record_to_messages(obj)
-            if problem:
-                if not skip_bad_lines:
-                    raise DataError(f"{path}:{line_no}: {problem}")
-                skipped.append((line_no, problem))
+                yield line_no, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield line_no, None, (f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {skip + e.start + 1} of "
+                                      f"the line: {e.reason}); save the file as UTF-8")
+
+
+def _is_blank(text: str) -> bool:
+    return not text.strip(" \t\r")  # JSON's own whitespace: any other character on a line is data
+
+
+def parse_json_line(text: str) -> tuple[object, str | None]:
+    """(value, None) or (None, what is wrong) for one line of JSONL."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        return None, f"not JSON ({e.msg} at column {e.colno})"
+    except (ValueError, RecursionError) as e:  # a 5000-digit integer, nesting deeper than the stack
+        return None, f"not JSON that can be read ({type(e).__name__}: {e})"
+
+
+def read_jsonl(path: str, skip_bad_lines: bool = False) -> ChatData:
+    """Read pairs or chats, one JSON object per line (blank lines are allowed and ignored; so are
+    CRLF line ends and a UTF-8 byte-order mark).
+
+    A bad line (not UTF-8, not JSON, a wrong type, an unknown role, an empty answer, a missing key)
+    raises DataError naming path:line and the problem; with skip_bad_lines=True it is left out,
+    recorded in ChatData.skipped and counted in a logged warning. A file with no JSON line at all
+    is refused either way."""
+    conversations, lines, skipped, seen = [], [], [], 0
+    for line_no, text, problem in read_lines(path):
+        if text is not None:
+            if _is_blank(text):
                 continue
-            conversations.append(messages)
-            lines.append(line_no)
+            obj, problem = parse_json_line(text)
+            messages = None
+            if problem is None:
+                messages, problem = record_to_messages(obj)
+        seen += 1
+        if problem:
+            if not skip_bad_lines:
+                raise DataError(f"{path}:{line_no}: {problem}")
+            skipped.append((line_no, problem))
+            continue
+        conversations.append(messages)
+        lines.append(line_no)
     if seen == 0:
-        raise DataError(f"{path}: empty file (no JSON lines)")
+        raise DataError(f"{path}: empty file (no JSON lines; expected one JSON object per line)")
     if skipped:
         first = "; ".join(f"line {n}: {why}" for n, why in skipped[:3])
         logger.warning("%s: skipped %d bad line(s) of %d (%s%s)", path, len(skipped), seen, first,
@@ -156,24 +216,27 @@ def read_text(path: str) -> list[str]:
     plain text split on blank lines (each document keeps its single newlines)."""
     docs: list[str] = []
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
+        for line_no, text, problem in read_lines(path):
+            if problem is None:
+                if _is_blank(text):
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: not JSON ({e.msg} at column {e.colno})") from None
+                obj, problem = parse_json_line(text)
+            if problem is None:
                 if not isinstance(obj, dict) or "text" not in obj:
-                    raise DataError(f"{path}:{line_no}: expected an object with a 'text' field")
-                if not isinstance(obj["text"], str):
-                    raise DataError(f"{path}:{line_no}: 'text' must be a string, got {type(obj['text']).__name__}")
-                if obj["text"].strip():
-                    docs.append(obj["text"].strip())
+                    problem = "expected an object with a 'text' field"
+                else:
+                    problem = _text_problem(obj["text"], "'text'")
+            if problem:
+                raise DataError(f"{path}:{line_no}: {problem}")
+            if obj["text"].strip():
+                docs.append(obj["text"].strip())
     else:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read().replace("\r\n", "\n")
-        docs = [d.strip() for d in re.split(r"\n[ \t]*\n", text) if d.strip()]
+        lines = []
+        for line_no, text, problem in read_lines(path):
+            if problem:
+                raise DataError(f"{path}:{line_no}: {problem}")
+            lines.append(text)
+        docs = [d.strip() for d in re.split(r"\n[ \t]*\n", "\n".join(lines)) if d.strip()]
     if not docs:
         raise DataError(f"{path}: empty file (no documents)")
     return docs
@@ -534,20 +597,37 @@ class DataSummary:
     num_tokens: int | None = None   # with a tokenizer: all tokens (chat template included for pairs)
     num_loss_tokens: int | None = None  # pairs: answer tokens; text: same as num_tokens
     num_skipped_lines: int = 0
+    example_tokens: list[int] | None = None  # with a tokenizer: each example's length in tokens
+
+    def token_summary(self, seq_len: int | None = None) -> str:
+        """The token counts in one line (needs a tokenizer's counts): totals, the spread of the
+        examples' lengths, and how many a row of seq_len would truncate."""
+        if self.example_tokens is None or not self.example_tokens:
+            return "not tokenized"
+        lengths = sorted(self.example_tokens)
+        pick = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]  # noqa: E731
+        what = "with the chat template" if self.kind == "pairs" else "with a separator after each document"
+        s = f"{self.num_tokens:,} tokens {what}"
+        if self.kind == "pairs":
+            s += f" ({self.num_loss_tokens:,} in the answers)"
+        s += (f"; per {'pair' if self.kind == 'pairs' else 'document'}: median {pick(0.5):,}, "
+              f"95th percentile {pick(0.95):,}, longest {lengths[-1]:,}")
+        if seq_len is not None:
+            longer = sum(n > seq_len for n in lengths)
+            s += f"; {longer:,} of {len(lengths):,} longer than seq_len={seq_len}"
+        return s
 
 
 def _kind(path: str) -> str:
     if not path.endswith(".jsonl"):
         return "text"
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    return "pairs"  # read_jsonl reports the error with its line number
-                return "text" if isinstance(obj, dict) and "text" in obj and "messages" not in obj else "pairs"
-    raise DataError(f"{path}: empty file (no JSON lines)")
+    for _, text, problem in read_lines(path):
+        if problem is not None:
+            return "pairs"  # read_jsonl reports the error with its line number
+        if not _is_blank(text):
+            obj, _ = parse_json_line(text)
+            return "text" if isinstance(obj, dict) and "text" in obj and "messages" not in obj else "pairs"
+    raise DataError(f"{path}: empty file (no JSON lines; expected one JSON object per line)")
 
 
 def dataset_stats(path: str, tokenizer=None, skip_bad_lines: bool = False) -> DataSummary:
@@ -558,14 +638,18 @@ def dataset_stats(path: str, tokenizer=None, skip_bad_lines: bool = False) -> Da
         raise FileNotFoundError(f"{path}: no such file")
     if _kind(path) == "text":
         docs = read_text(path)
-        n_tok = sum(len(tokenizer.encode(d)) + 1 for d in docs) if tokenizer is not None else None
-        return DataSummary(path, "text", len(docs), n_tok, n_tok)
+        if tokenizer is None:
+            return DataSummary(path, "text", len(docs))
+        lengths = [len(tokenizer.encode(d)) + 1 for d in docs]
+        return DataSummary(path, "text", len(docs), sum(lengths), sum(lengths), example_tokens=lengths)
     data = read_jsonl(path, skip_bad_lines=skip_bad_lines)
     summary = DataSummary(path, "pairs", len(data), num_skipped_lines=len(data.skipped))
     if tokenizer is not None:
         summary.num_tokens = summary.num_loss_tokens = 0
+        summary.example_tokens = []
         for messages in data:
             ids, labels = encode_chat(messages, tokenizer)
             summary.num_tokens += len(ids)
             summary.num_loss_tokens += sum(t != IGNORE_INDEX for t in labels)
+            summary.example_tokens.append(len(ids))
     return summary

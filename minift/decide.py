@@ -95,8 +95,9 @@ def parse_bytes(text) -> int:
 
 
 # ====================================================================== measuring inputs
-def measure_dataset(path: str, tokenizer=None) -> tuple[float, str, str]:
-    """(amount, "pairs" | "tokens", how it was counted) for a dataset file.
+def measure_dataset(path: str, tokenizer=None, seq: int | None = None) -> tuple[float, str, str]:
+    """(amount, "pairs" | "tokens", how it was counted) for a dataset file; with a tokenizer, "how"
+    also gives the tokens and how many examples are longer than seq.
     Uses minift.data.dataset_stats when it is there; otherwise JSONL lines are pairs and raw
     text is estimated at 4 bytes per token (labelled as an estimate)."""
     if not os.path.isfile(path):
@@ -108,9 +109,10 @@ def measure_dataset(path: str, tokenizer=None) -> tuple[float, str, str]:
     if dataset_stats is not None:
         st = dataset_stats(path, tokenizer=tokenizer)
         if st.kind == "pairs":
-            return float(st.num_examples), "pairs", f"{st.num_examples} pairs (minift.data.dataset_stats)"
+            tokens = f"; {st.token_summary(seq)}" if st.num_tokens is not None else ""
+            return float(st.num_examples), "pairs", f"{st.num_examples} pairs (minift.data.dataset_stats){tokens}"
         if st.num_tokens is not None:
-            return float(st.num_tokens), "tokens", f"{st.num_tokens} tokens (tokenized)"
+            return float(st.num_tokens), "tokens", f"{st.num_examples} documents; {st.token_summary(seq)}"
         size = os.path.getsize(path)
         return size / 4, "tokens", f"~{_fmt(size / 4)} tokens (estimate: {size} bytes / 4; pass a tokenizer to count)"
     try:
@@ -220,7 +222,7 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
         raise ValueError("give the amount of domain data either as data='10K pairs' / '1.5B tokens' or as "
                          "dataset=<file>, not both and not neither")
     if dataset is not None:
-        amount, unit, how = measure_dataset(dataset, tokenizer)
+        amount, unit, how = measure_dataset(dataset, tokenizer, seq)
         lo = hi = amount
         d.steps.append(f"2. Measured {dataset}: {how}.")
     else:

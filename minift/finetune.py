@@ -85,6 +85,7 @@ class FinetuneReport:
     saved: dict = field(default_factory=dict)       # what -> path
     saved_bytes: int = 0                            # size of what this method has to ship
     warnings: list[str] = field(default_factory=list)
+    data_stats: dict = field(default_factory=dict)  # {"train", "held_out"}: DatasetStats as dicts (the model card)
 
 
 def _dir_bytes(path: str) -> int:
@@ -205,7 +206,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         measured_peak_bytes=measured, measured_peak_kind=kind,
         eval_before=eval_before, eval_after=eval_after, sample_prompt=sample_prompt,
         sample_before=sample_before, sample_after=sample_after, train_time_s=result.train_time_s,
-        tokens_per_s=result.tokens_per_s, saved=saved, saved_bytes=_dir_bytes(shipped), warnings=warnings)
+        tokens_per_s=result.tokens_per_s, saved=saved, saved_bytes=_dir_bytes(shipped), warnings=warnings,
+        data_stats={"train": asdict(data.stats), "held_out": asdict(data.val_stats)})
 
 
 def _held_out_loss(model, val_rows: Batches, max_batches: int | None) -> dict:

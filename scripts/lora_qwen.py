@@ -4,17 +4,23 @@ the adapter, in peft's layout, ready for the Hub.
     python scripts/lora_qwen.py                                   # the embedded default, offline
     python scripts/lora_qwen.py --model Qwen/Qwen2.5-0.5B-Instruct --steps 200 --device cuda
     python scripts/lora_qwen.py --model ./Qwen2.5-0.5B-Instruct --method qlora --grad-ckpt --merged
+    python scripts/lora_qwen.py --model Qwen/Qwen2.5-0.5B-Instruct --push-to-hub my-user/qwen2.5-fairytales-lora
 
 --model is a local directory, a Hugging Face id found in the local HF cache, or (with
 `pip install "minift[hub]"` and a network) downloaded. With no --model and no Qwen weights on this
 machine, the script says so and runs the embedded default instead: the tiny model trained from
 scratch (runs/tiny-10m, trained first if missing, ~10 minutes on a laptop CPU), fine-tuned the
 same way, so the whole path runs end to end anywhere.
+
+--push-to-hub REPO_ID shares only the adapter (the seed's decision 4): the adapter folder gets a
+model card (README.md) and is uploaded through huggingface_hub (`pip install "minift[hub]"`, then
+`hf auth login`); if that cannot happen here, the script says why and prints the upload command.
 """
 import argparse
 import json
 import logging
 import os
+import sys
 
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 
@@ -51,7 +57,17 @@ def main():
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the adapter and a model card to this Hub repo")
+    ap.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     a = ap.parse_args()
+    if a.push_to_hub:  # checked before training, not after it
+        from minift.hub import check_repo_id
+        if a.method == "full":
+            ap.error("--push-to-hub shares an adapter (--method lora or qlora); full SFT saves a whole model")
+        try:
+            check_repo_id(a.push_to_hub)
+        except ValueError as e:
+            ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model_dir, embedded = resolve_base(a.model or DEFAULT_MODEL, explicit=a.model is not None)
@@ -89,7 +105,23 @@ def main():
     print(f"size of what ships: {rep.saved_bytes / 1e6:.2f} MB")
     with open(os.path.join(a.out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(rep.__dict__, f, ensure_ascii=False, indent=2, default=str)
+    if a.push_to_hub:
+        return push(rep, a.push_to_hub, a.private)
+    return 0
+
+
+def push(rep, repo_id, private) -> int:
+    from minift.hub import HubUploadError, push_adapter, write_model_card
+    adapter = rep.saved["adapter"]
+    print(f"model card: {write_model_card(rep, adapter, repo_id=repo_id)}")
+    try:
+        url = push_adapter(adapter, repo_id, private=private or None)
+    except HubUploadError as e:
+        print(f"not uploaded: {e}", file=sys.stderr)
+        return 1
+    print(f"uploaded the adapter and its card to https://huggingface.co/{repo_id} ({url})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,10 @@
 """minift.data: loss masks cover exactly the answers, packing keeps examples apart inside the real
 model, truncation is counted, bad files fail with file:line, batches resume at the same batch."""
+import codecs
 import json
 import logging
 import os
+import random
 
 import pytest
 import torch
@@ -175,11 +177,175 @@ GOOD = json.dumps({"instruction": "써 줘", "output": "옛날에."}, ensure_asc
     (json.dumps({"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]}),
      r":2: messages\[0\]\.content must be a string"),
     (json.dumps({"text": "raw"}), r":2: a raw-text record"),
+    (json.dumps({"instruction": "a", "output": "  "}), r":2: 'output' is empty"),
+    (json.dumps({"instruction": "", "output": "b"}), r":2: 'instruction' is empty"),
+    (json.dumps({"instruction": "a", "input": 7, "output": "b"}), r":2: 'input' must be a string, got int"),
+    (json.dumps({"instruction": "a", "output": "b\ud800"}), r":2: 'output' holds '\\ud800' at character 1, an unpaired"),
+    (json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}),
+     r":2: messages\[1\]\.content is empty \(an assistant answer\)"),
+    (json.dumps({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]}), r":2: messages\[1\] has no 'role'"),
+    (json.dumps({"messages": [{"role": ["user"], "content": "a"}]}), r":2: messages\[0\]\.role is \['user'\]"),
+    (json.dumps({"messages": "hi"}), r":2: 'messages' must be a non-empty list, got str"),
+    (json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                 "output": "c"}), r":2: both 'messages' \(chat\) and \['output'\]"),
+    ("[" * 100_000 + "]" * 100_000, r":2: not JSON that can be read \(RecursionError"),
+    ('{"instruction": "a", "output": "b"} {"x": 1}', r":2: not JSON \(Extra data at column 37\)"),
+    ("\x0c", r":2: not JSON"),                         # only JSON's own whitespace makes a line blank
 ])
 def test_bad_line_names_file_line_and_problem(tmp_path, bad, message):
     path = _write(tmp_path, [GOOD, bad, GOOD])
     with pytest.raises(D.DataError, match=r"d\.jsonl" + message):
         D.read_jsonl(path)
+
+
+def _write_bytes(tmp_path, data: bytes, name="d.jsonl"):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+def test_bad_bytes_name_the_file_line_and_byte(tmp_path):
+    # The report in issue 14: invalid UTF-8 used to fail with Python's bare codec message.
+    good = GOOD.encode()
+    path = _write_bytes(tmp_path, good + b"\n" + b'{"instruction": "\xff", "output": "b"}\n')
+    with pytest.raises(D.DataError, match=r"d\.jsonl:2: not UTF-8 text \(byte 0xff at byte 18 of the line"):
+        D.read_jsonl(path)
+    with pytest.raises(D.DataError, match=r"d\.jsonl:2: not UTF-8"):
+        D.dataset_stats(path)                            # which first sniffs the file's kind
+    cut = GOOD.encode()[:-4]                             # a file cut inside a Hangul syllable
+    assert cut[-1] >= 0x80
+    with pytest.raises(D.DataError, match=r"d\.jsonl:3: not UTF-8 .*unexpected end of data"):
+        D.read_jsonl(_write_bytes(tmp_path, good + b"\n" + good + b"\n" + cut))
+    with pytest.raises(D.DataError, match=r"d\.jsonl:1: the file is UTF-16"):
+        D.read_jsonl(_write_bytes(tmp_path, GOOD.encode("utf-16")))
+    with pytest.raises(D.DataError, match=r"c\.txt:2: not UTF-8"):
+        D.read_text(_write_bytes(tmp_path, "가\n".encode() + b"\xc0\xaf\n", name="c.txt"))
+    with pytest.raises(D.DataError, match=r"c\.jsonl:1: not UTF-8"):
+        D.read_text(_write_bytes(tmp_path, b'{"text": "\xe0\x80"}', name="c.jsonl"))
+    data = D.read_jsonl(_write_bytes(tmp_path, good + b"\n\xff\n" + good + b"\n"), skip_bad_lines=True)
+    assert data.lines == [1, 3] and data.skipped[0][0] == 2 and "not UTF-8" in data.skipped[0][1]
+
+
+def test_bom_crlf_and_trailing_blank_lines_read_as_plain_utf8(tmp_path):
+    clean = D.read_jsonl(_write(tmp_path, [GOOD, GOOD.replace("써", "읽어")]))
+    variants = {
+        "bom": codecs.BOM_UTF8 + (GOOD + "\n" + GOOD.replace("써", "읽어") + "\n").encode(),
+        "crlf": (GOOD + "\r\n" + GOOD.replace("써", "읽어") + "\r\n").encode(),
+        "bom+crlf+blank tail": codecs.BOM_UTF8 + (GOOD + "\r\n" + GOOD.replace("써", "읽어") + "\r\n\r\n \n\t\n").encode(),
+        "no final newline": (GOOD + "\n" + GOOD.replace("써", "읽어")).encode(),
+    }
+    for name, raw in variants.items():
+        got = D.read_jsonl(_write_bytes(tmp_path, raw))
+        assert got.conversations == clean.conversations and got.lines == [1, 2], name
+    # A CRLF file of raw text: no "\r" left in the documents.
+    assert D.read_text(_write_bytes(tmp_path, codecs.BOM_UTF8 + "가\r\n나\r\n\r\n다\r\n".encode(), name="c.txt")) \
+        == ["가\n나", "다"]
+    # A byte-order mark anywhere but the file's start is a character, and not JSON.
+    with pytest.raises(D.DataError, match=r"d\.jsonl:2: not JSON \(Unexpected UTF-8 BOM"):
+        D.read_jsonl(_write_bytes(tmp_path, (GOOD + "\n").encode() + codecs.BOM_UTF8 + GOOD.encode()))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\n\n", b" \r\n\t\r\n", codecs.BOM_UTF8, codecs.BOM_UTF8 + b"\r\n"])
+def test_blank_files_are_refused_clearly(tmp_path, raw):
+    path = _write_bytes(tmp_path, raw)
+    for read in (D.read_jsonl, D.dataset_stats):
+        with pytest.raises(D.DataError, match=r"d\.jsonl: empty file \(no JSON lines"):
+            read(path)
+
+
+# ------------------------------------------------------------------ fuzz: corrupted shipped pairs
+def _oracle(line: bytes, first: bool):
+    """What one line should read as, worked out independently of minift.data: "blank", the
+    conversation of a valid alpaca pair, or None for a line that must be refused."""
+    if first and line.startswith(codecs.BOM_UTF8):
+        line = line[3:]
+    line = line.removesuffix(b"\r")
+    if not line.strip(b" \t\r"):
+        return "blank"
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or "messages" in obj or "text" in obj:
+        return None
+    ins, inp, out = obj.get("instruction"), obj.get("input"), obj.get("output")
+    for s in (ins, out) + ((inp,) if inp is not None else ()):
+        if not isinstance(s, str):
+            return None
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    if not ins.strip() or not out.strip():
+        return None
+    return [{"role": "user", "content": ins + ("\n\n" + inp if inp else "")}, {"role": "assistant", "content": out}]
+
+
+def _corrupt(clean: bytes, rng):
+    """One seeded corruption of a JSONL file's bytes, and its name."""
+    kind = rng.choice(["flip", "truncate", "delete quote", "delete brace", "insert", "crlf", "bom",
+                       "crlf+bom+flip", "delete newline", "swap bytes"])
+    b = bytearray(clean)
+    pos = lambda: rng.randrange(len(b))  # noqa: E731
+    if kind == "flip":
+        b[pos()] = rng.randrange(256)
+    elif kind == "truncate":
+        del b[pos():]
+    elif kind in ("delete quote", "delete brace"):
+        where = [i for i, c in enumerate(b) if c in (b'"' if kind == "delete quote" else b"{}")]
+        del b[rng.choice(where)]
+    elif kind == "insert":
+        i = pos()
+        b[i:i] = bytes(rng.choice([0x00, 0x0a, 0x0d, 0x22, 0x7b, 0x7d, 0x5c, 0x80, 0xc3, 0xed, 0xef, 0xff,
+                                   rng.randrange(256)]) for _ in range(rng.randint(1, 3)))
+    elif kind == "crlf":
+        b = bytearray(clean.replace(b"\n", b"\r\n"))
+    elif kind == "bom":
+        b[0:0] = codecs.BOM_UTF8
+    elif kind == "crlf+bom+flip":
+        b = bytearray(codecs.BOM_UTF8 + clean.replace(b"\n", b"\r\n"))
+        b[pos()] = rng.randrange(256)
+    elif kind == "delete newline":
+        del b[rng.choice([i for i, c in enumerate(b) if c == 0x0a])]
+    else:
+        i = rng.randrange(len(b) - 1)
+        b[i], b[i + 1] = b[i + 1], b[i]
+    return kind, bytes(b)
+
+
+def test_seeded_corruptions_of_the_shipped_pairs_are_named_or_read_correctly(tmp_path):
+    """400 corruptions of the first 12 shipped pairs. Accepted outcomes: a DataError naming the
+    file and the first line that is not a valid pair, or, where every line is still a valid pair
+    (a CRLF or BOM file, a flip inside a string that leaves other text), exactly that content."""
+    src = os.path.join(REPO, "data", "fairytales_pairs.jsonl")
+    with open(src, "rb") as f:
+        clean = b"".join(f.readlines()[:12])
+    rng = random.Random(1414)
+    path = str(tmp_path / "fuzz.jsonl")
+    outcomes = {"named error": 0, "read equal to the clean parse": 0, "read changed content": 0}
+    clean_parse = D.read_jsonl(src).conversations[:12]
+    for case in range(400):
+        kind, raw = _corrupt(clean, rng)
+        with open(path, "wb") as f:
+            f.write(raw)
+        expected = [(n, _oracle(line, n == 1)) for n, line in enumerate(raw.split(b"\n"), 1)]
+        expected = [(n, e) for n, e in expected if e != "blank"]
+        first_bad = next((n for n, e in expected if e is None), None)
+        try:
+            got = D.read_jsonl(path)
+        except D.DataError as e:
+            assert first_bad is not None, f"case {case} ({kind}): refused a valid file: {e}"
+            assert str(e).startswith(f"{path}:{first_bad}: "), f"case {case} ({kind}): {e}"
+            outcomes["named error"] += 1
+            continue
+        # Only a DataError may escape: anything else (UnicodeDecodeError, KeyError) fails the test here.
+        assert first_bad is None, f"case {case} ({kind}): line {first_bad} is not a valid pair but was read"
+        assert got.conversations == [e for _, e in expected] and got.lines == [n for n, _ in expected], \
+            f"case {case} ({kind})"
+        same = got.conversations == clean_parse[:len(got)]
+        outcomes["read equal to the clean parse" if same else "read changed content"] += 1
+    # Both outcomes happen (else the corruptions are too weak or too strong to test anything).
+    assert outcomes["named error"] > 150 and outcomes["read equal to the clean parse"] > 50, outcomes
 
 
 def test_empty_file_and_all_bad_are_clear(tmp_path):

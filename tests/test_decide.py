@@ -133,3 +133,44 @@ def test_cpu_answer_is_the_fp32_whole_job():
 def test_decide_refuses_an_unknown_device():
     with pytest.raises(ValueError, match="device"):
         run(data="2K pairs", device="tpu")
+
+
+def test_dataset_measured_in_qwen25_tokens_from_the_command_line(tmp_path):
+    # The chapter's first exercise, made concrete: scripts/decide.py --dataset F --tokenizer qwen.
+    # Expected counts come from transformers on the same files with Qwen2.5-Instruct's template.
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from minift.tokenizer import qwen25_chat_template, qwen_tokenizer_dir
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "data", "fairytales_pairs.jsonl"), encoding="utf-8") as f:
+        lines = f.readlines()[:40]
+    subset = tmp_path / "pairs.jsonl"
+    subset.write_text("".join(lines), encoding="utf-8")
+    hf = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    hf.chat_template = qwen25_chat_template()
+    lengths = []
+    for line in lines:
+        p = json.loads(line)
+        user = p["instruction"] + ("\n\n" + p["input"] if p["input"] else "")
+        chat = [{"role": "user", "content": user}, {"role": "assistant", "content": p["output"]}]
+        lengths.append(len(hf.apply_chat_template(chat, tokenize=True, return_dict=False)))
+    seq = sorted(lengths)[20]                                   # about half the pairs are longer
+
+    env = dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "decide.py"), "--general", "no",
+                           "--dataset", str(subset), "--tokenizer", "qwen", "--laptop", "yes",
+                           "--license-separate", "yes", "--seq", str(seq), "--memory", "24GB"],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    step = next(s for s in proc.stdout.splitlines() if s.startswith("2. Measured"))
+    assert "40 pairs" in step and "Qwen2.5" in proc.stdout
+    assert f"{sum(lengths):,} tokens with the chat template" in step
+    assert f"longest {max(lengths):,}" in step
+    assert f"{sum(n > seq for n in lengths)} of 40 longer than seq_len={seq}" in step
+    assert re.search(r"path: lora +method: lora +model: Qwen/Qwen2.5-0.5B-Instruct", proc.stdout)

