@@ -16,9 +16,14 @@ How each device is measured, and what the number means:
   includes malloc's free-but-kept pages and fragmentation, so it reads higher than the
   allocator. Linux only. Run in a fresh process (run_training_steps does) so nothing earlier
   inflates it.
-- MPS: torch.mps.current_allocated_memory() sampled at the points the step calls
-  `sample()` (after forward, after backward, after the optimizer step). A *sampled* peak: a
-  temporary that lives between two samples is missed, so it reads low.
+- MPS, how="tracker" (any device; MPS's default): minift.memory_tracker.StorageTracker counts
+  every tensor storage created and freed under a TorchDispatchMode. Exact in live tensor bytes
+  (MPS has no peak counter); equals the CPU allocator replay (tests/test_memory.py) and, with
+  512-byte rounding, CUDA's max_memory_allocated (tests/test_on_cuda.py). Like the profiler it
+  sees only what happens inside: the baseline is added by the caller.
+- MPS, how="sampled": torch.mps.current_allocated_memory() at the points the step calls
+  `sample()` (after forward, after backward, after the optimizer step): a lower bound, since a
+  temporary that lives between two samples is missed.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ logger = logging.getLogger(__name__)
 class Peak:
     peak: int          # bytes: the highest total seen (baseline included)
     baseline: int      # bytes live before the step (weights, and optimizer state if any)
-    how: str           # "cuda max_memory_allocated" | "cpu allocator (profiler)" | "cpu rss" | "mps sampled"
+    how: str           # "cuda max_memory_allocated" | "cpu allocator (profiler)" | "cpu rss" |
+                       # "storage tracker" | "mps sampled"
     seconds: float = 0.0
 
     @property
@@ -96,9 +102,12 @@ def reset_peak_rss() -> int:
 def measure_peak(fn, device, *, how: str = "auto") -> Peak:
     """Run fn (optionally fn(sample)) once and return its peak memory (see the module docstring).
 
-    how: "auto" picks the device's method (CPU: "allocator"); for CPU also "rss"."""
+    how: "auto" picks the device's method (CUDA: max_memory_allocated, CPU: "allocator", MPS:
+    "tracker"); "tracker" works on every device; CPU also "rss"; MPS also "sampled"."""
     device = torch.device(device)
     t0 = time.perf_counter()
+    if how == "tracker" or (how == "auto" and device.type == "mps"):
+        return _tracker_peak(fn, device, t0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
@@ -107,7 +116,7 @@ def measure_peak(fn, device, *, how: str = "auto") -> Peak:
         torch.cuda.synchronize(device)
         return Peak(torch.cuda.max_memory_allocated(device), baseline, "cuda max_memory_allocated",
                     time.perf_counter() - t0)
-    if device.type == "mps":
+    if device.type == "mps" and how == "sampled":
         torch.mps.synchronize()
         baseline = torch.mps.current_allocated_memory()
         samples = [baseline]
@@ -120,7 +129,7 @@ def measure_peak(fn, device, *, how: str = "auto") -> Peak:
         return Peak(max(samples), baseline, "mps sampled (a lower bound: temporaries between samples are missed)",
                     time.perf_counter() - t0)
     if device.type != "cpu":
-        raise ValueError(f"measure_peak: no method for device {device}")
+        raise ValueError(f"measure_peak: no method {how!r} for device {device}")
     if how in ("auto", "allocator"):
         return _cpu_allocator_peak(fn, t0)
     if how == "rss":
@@ -130,6 +139,15 @@ def measure_peak(fn, device, *, how: str = "auto") -> Peak:
         _call(fn, lambda: None)
         return Peak(_rss_kb("VmHWM") * 1024, baseline, "cpu rss", time.perf_counter() - t0)
     raise ValueError(f"how must be 'auto', 'allocator' or 'rss', got {how!r}")
+
+
+def _tracker_peak(fn, device, t0) -> Peak:
+    """StorageTracker's peak on `device` above what was live before (baseline reported as 0, as
+    for the profiler: the caller adds what it knows was live)."""
+    from minift.memory_tracker import StorageTracker
+    with StorageTracker(round_to=512 if device.type == "cuda" else 1) as tracker:
+        _call(fn, lambda: None)
+    return Peak(tracker.peak[device.type], 0, "storage tracker", time.perf_counter() - t0)
 
 
 def _cpu_allocator_peak(fn, t0) -> Peak:
@@ -268,8 +286,8 @@ def run_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, step
         torch.cuda.empty_cache()
     baseline = _live_bytes(model)
     p = measure_peak(step, device, how=how)
-    if p.how.startswith("cpu allocator"):
-        # the profiler sees allocations and frees, not what was live before: add the model
+    if p.how.startswith("cpu allocator") or p.how == "storage tracker":
+        # the profiler and the tracker see allocations and frees, not what was live before: add the model
         p = Peak(p.peak + baseline, baseline, p.how, p.seconds)
     elif p.how == "cpu rss":
         # RSS includes the interpreter and libraries: report the increase on top of the tensor bytes

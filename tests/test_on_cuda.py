@@ -5,6 +5,7 @@
                             the CPU suite runs the same kernels only under TRITON_INTERPRET=1
   memory                    minift.memory.estimate against torch.cuda.max_memory_allocated for the
                             peak cases test_memory.py checks against the CPU allocator
+                            and minift.memory_tracker (MPS's peak) against the same allocator
   capstone                  scripts/lora_qwen.py, LoRA and QLoRA, in bf16 on the GPU
 CUDA graphs have their own file (test_cuda_graph.py).
 """
@@ -69,3 +70,26 @@ def test_capstone_script_on_cuda(base_and_pairs, tmp_path, method):  # noqa: F81
         rep = json.load(f)
     assert rep["config"]["steps"] == 2 and rep["eval_after"]["loss"] > 0
     assert sorted(os.listdir(out / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("case", [5, 8], ids=["ckpt-layer-backward", "optimizer-step"])
+def test_storage_tracker_equals_max_memory_allocated(case):
+    """minift.memory_tracker (what MPS uses) against the CUDA allocator for the same two steps.
+    The tracker rounds each storage up to 512 B as the caching allocator does, so it must not
+    read above max_memory_allocated; it may read below by what the allocator hands out beyond the
+    rounding (a block whose remainder < 1 MiB is not split and counts whole) and by workspaces a
+    kernel allocates inside itself: tolerance 2%, never above. cuBLAS makes its workspace on the
+    first matmul of a dtype: warmed up first, so neither measurement includes it."""
+    kw, method, dtype, ckpt, B, T, chunk = CASES[case]
+    for dt in (torch.float32, torch.bfloat16):
+        x = torch.ones(64, 64, device="cuda", dtype=dt)
+        (x @ x).sum().item()
+    cfg = ModelConfig(**kw)
+    run = dict(steps=2, device="cuda", dtype=dtype, grad_ckpt=ckpt, lora_r=8, loss_chunk=chunk)
+    torch.cuda.empty_cache()
+    cuda = measure.run_training_steps(cfg, method, B, T, **run)
+    torch.cuda.empty_cache()
+    tracked = measure.run_training_steps(cfg, method, B, T, how="tracker", **run)
+    assert tracked.how == "storage tracker"
+    above_cuda, above_tracked = cuda.peak - cuda.baseline, tracked.peak - tracked.baseline
+    assert above_tracked <= above_cuda <= 1.02 * above_tracked, (above_cuda, above_tracked)
