@@ -12,10 +12,11 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
   - bf16 adapter math (LoRALinear compute_dtype): when the base computes in bf16 (the device runs
     bf16). The adapters' matmuls then run on tensor cores and keep no fp32 copy of their input
     (minift/lora.py, Note: compute_dtype); A and B stay fp32 parameters. Off: --adapter-math fp32.
-  - compiled decoder layers (Transformer.compile_layers): on CUDA. Not on CPU: measured on the
-    2-core CPU machine (scripts/bench_tiny.py, README) the first compile of the tiny model's layer
-    takes minutes, the recipes there run a few hundred steps, and Inductor's CPU code is not
-    faster than eager for these shapes. Off: --no-compile.
+  - compiled decoder layers (Transformer.compile_layers): on CUDA. Not on CPU or MPS: on the 2-core
+    CPU machine, compiling one LoRA-wrapped layer cost 9-20 s of CPU time (2-5 minutes of wall time
+    on the shared machine), so a run of a few hundred CPU steps starts minutes later, and Inductor
+    builds C++ there, which not every laptop has. Whether the compiled CPU step is faster was not
+    measured (the machine was shared); off until a measurement shows it pays. Off: --no-compile.
   - the CUDA graph (minift/cuda_graph.py, TrainConfig.cuda_graph): on CUDA when every batch has
     one shape (packed rows do) and grad_accum is 1. With accumulation the graph is left off and
     the compiled layers stay (a replay overwrites gradients instead of adding to them); a last
@@ -119,8 +120,8 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
         lines.append("compiled layers: off (--no-compile)")
     elif not cuda:
         use_compile = False
-        lines.append(f"compiled layers: off on {device.type} (compiling costs minutes there and the "
-                     f"compiled CPU step is no faster; see minift/fast_path.py)")
+        lines.append(f"compiled layers: off on {device.type} (compiling costs minutes there; "
+                     f"see minift/fast_path.py)")
     elif not _triton_importable():
         use_compile = False
         lines.append("compiled layers: off (torch.compile on CUDA needs triton, which does not import here)")
