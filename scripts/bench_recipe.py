@@ -54,7 +54,9 @@ def make_checkpoint(out_dir: str, preset: str) -> str:
     path = os.path.join(out_dir, f"{preset}-random")
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
-    tok = minift.load_tokenizer(qwen_tokenizer_dir())
+    # The package's tokenizer_config.json carries Qwen2.5's tool-calling Jinja template, which minift
+    # does not run (minift/tokenizer.py): plain ChatML, the same turns without the default system line.
+    tok = minift.load_tokenizer(qwen_tokenizer_dir(), chat_template="chatml")
     cfg = dataclasses.replace(minift.ModelConfig.preset(preset), vocab_size=QWEN_VOCAB,
                               eos_token_id=tok.eos_token_ids, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
