@@ -117,10 +117,28 @@ def run_minift_row(row: Row, timeout: float = 600) -> dict:
     return _run([sys.executable, "-m", "minift.bench"], json.dumps(spec), timeout)
 
 
-def run_anchor_row(row: Row, anchor_script: str, autocast: bool = False, timeout: float = 600) -> dict:
+def anchors_for(row: Row) -> tuple[str, ...]:
+    """The anchors a row is measured against, each a '+'-joined set of scripts/anchor_hf.py switches
+    ("plain": none). A row with bf16 adapter math runs against the strongest stacks a HF user has for
+    it: bf16 autocast (the same math) with torch.compile, and with Liger's kernels; a QLoRA row
+    against bitsandbytes + Liger under autocast. Other rows: HF + peft as
+    peft users run it (with checkpointing in lean rows)."""
+    if row.lora_compute != "bf16":
+        return ("plain",)
+    if row.method == "qlora":  # plain autocast measured 11,417 tok/s beside Liger's 12,825 (issue 11): Liger only
+        return ("liger+autocast",)
+    return ("autocast+compile", "liger+autocast")
+
+
+def run_anchor_row(row: Row, anchor_script: str, kind: str = "plain", timeout: float = 600) -> dict:
     cmd = [sys.executable, anchor_script, "--size", row.size, "--method", row.method,
            "--batch", str(row.batch), "--seq", str(row.seq)] + (["--grad-ckpt"] if MODES[row.mode]["grad_ckpt"] else [])
-    return _run(cmd + (["--autocast"] if autocast else []), None, timeout)
+    switches = [] if kind == "plain" else kind.split("+")
+    unknown = set(switches) - {"autocast", "compile", "liger"}
+    if unknown:
+        raise ValueError(f"anchor kind {kind!r}: unknown switches {sorted(unknown)}")
+    out = _run(cmd + [f"--{s}" for s in switches], None, timeout)
+    return dict(out, kind=kind)
 
 
 def _run(cmd, stdin, timeout) -> dict:
@@ -139,57 +157,53 @@ def _run(cmd, stdin, timeout) -> dict:
 
 def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]:
     """Each row on both sides (minift only when anchor_script is None); one dict per row with
-    the ratios and minift's MFU. A row whose adapters compute in bf16 runs the anchor twice,
-    plain (peft's fp32 adapter math) and under bf16 autocast (the same math as minift's); the
-    speed ratio is against the faster of the two and the memory ratio against the smaller peak."""
+    the ratios and minift's MFU. r["anchors"] holds every anchor of the row (anchors_for); the
+    speed ratio is against the fastest of them and the memory ratio against the leanest, and
+    r["fastest_anchor"], r["leanest_anchor"] name them."""
     from minift import flops
     results = []
     for row in rows:
         ours = run_minift_row(row)
         r = dict(asdict(row), minift=ours)
-        anchors = []
-        if anchor_script:
-            r["anchor"] = run_anchor_row(row, anchor_script)
-            anchors.append(r["anchor"])
-            if row.lora_compute == "bf16":
-                r["anchor_autocast"] = run_anchor_row(row, anchor_script, autocast=True)
-                anchors.append(r["anchor_autocast"])
-        else:
-            r["anchor"] = {"error": "not run"}
+        r["anchors"] = [run_anchor_row(row, anchor_script, kind) for kind in anchors_for(row)] if anchor_script else []
         if "error" not in ours:
             cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
             fpt = flops.flops_per_token(cfg, row.method, row.seq, grad_ckpt=MODES[row.mode]["grad_ckpt"]).model
             r["minift_mfu"] = ours["tok_per_s"] * fpt / flops.H200_BF16_FLOPS
-            ok = [a for a in anchors if "error" not in a]
+            ok = [a for a in r["anchors"] if "error" not in a]
             if ok:
-                r["speed_ratio"] = ours["tok_per_s"] / max(a["tok_per_s"] for a in ok)
-                r["memory_ratio"] = ours["peak_bytes"] / min(a["peak_bytes"] for a in ok)
+                fastest = max(ok, key=lambda a: a["tok_per_s"])
+                leanest = min(ok, key=lambda a: a["peak_bytes"])
+                r["speed_ratio"] = ours["tok_per_s"] / fastest["tok_per_s"]
+                r["memory_ratio"] = ours["peak_bytes"] / leanest["peak_bytes"]
+                r["fastest_anchor"], r["leanest_anchor"] = fastest.get("side"), leanest.get("side")
         results.append(r)
         log(format_row(r))
     return results
 
 
-TABLE_HEADER = ("| model | method | minift mode (anchor) | minift peak GB | anchor peak GB | minift tok/s | "
-                "anchor tok/s | speed x | minift MFU |\n|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = ("| model | method | minift mode | anchors (in order) | minift peak GB | anchor peak GB | "
+                "minift tok/s | anchor tok/s | speed x fastest | memory x leanest | minift MFU |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: dict) -> str:
-    """One markdown row; with two anchors each anchor cell reads 'plain / autocast'."""
+    """One markdown row; with several anchors each anchor cell reads 'first / second'."""
     def gb(side):
         return f"{side['peak_bytes'] / 1e9:.2f}" if "peak_bytes" in side else side.get("error", "?")[:60]
 
     def tps(side):
         return f"{side['tok_per_s']:,.0f}" if "tok_per_s" in side else "-"
-    anchors = [r["anchor"]] + ([r["anchor_autocast"]] if "anchor_autocast" in r else [])
-    anchor_mode = "grad ckpt" if r["mode"].startswith("lean") else "no ckpt"
-    if len(anchors) == 2:
-        anchor_mode += "; plain / autocast"
+    anchors = r.get("anchors", [])
+    ckpt = "grad ckpt" if r["mode"].startswith("lean") else "no ckpt"
+    names = " / ".join(a.get("side") or a.get("kind", "?") for a in anchors) or "not run"
     mode = r["mode"] + (", bf16 adapters" if r.get("lora_compute") == "bf16" else "")
     ratio = f"{r['speed_ratio']:.2f}" if "speed_ratio" in r else "-"
+    mem = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else "-"
     mfu = f"{100 * r['minift_mfu']:.1f}%" if "minift_mfu" in r else "-"
-    return (f"| {r['size']} | {r['method']} | {mode} ({anchor_mode}) | {gb(r['minift'])} | "
-            f"{' / '.join(gb(a) for a in anchors)} | {tps(r['minift'])} | {' / '.join(tps(a) for a in anchors)} | "
-            f"{ratio} | {mfu} |")
+    return (f"| {r['size']} | {r['method']} | {mode} | {names} ({ckpt}) | {gb(r['minift'])} | "
+            f"{' / '.join(gb(a) for a in anchors) or '-'} | {tps(r['minift'])} | "
+            f"{' / '.join(tps(a) for a in anchors) or '-'} | {ratio} | {mem} | {mfu} |")
 
 
 def _child_main() -> None:
@@ -199,6 +213,14 @@ def _child_main() -> None:
                               loss_chunk=spec["loss_chunk"], compile=spec["compile"],
                               cuda_graph=spec["cuda_graph"], lora_compute=spec.get("lora_compute", "fp32"),
                               steps=spec.get("steps", 8))
+    # what minift.memory predicts for this step, beside what the allocator measured
+    from minift import memory
+    predicted = memory.estimate(cfg, spec["method"], spec["batch"], spec["seq"], grad_ckpt=spec["grad_ckpt"],
+                                loss_chunk=spec["loss_chunk"],
+                                lora_compute_dtype="bfloat16" if spec.get("lora_compute") == "bf16" else None)
+    out["predicted_peak_bytes"] = predicted.total
+    if out["peak_bytes"]:
+        out["predicted_over_measured"] = predicted.total / out["peak_bytes"]
     print(json.dumps(dict(spec, side="minift", **out)), flush=True)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from minift import lora, memory
+from minift import fast_path, lora, memory
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
@@ -26,7 +26,7 @@ from minift.generate import generate
 from minift.cpu_memory import release_freed_memory
 from minift.measure import process_peak_rss, reset_peak_rss
 from minift.tokenizer import load_tokenizer
-from minift.train import TrainConfig, evaluate, failure_point_warnings, train
+from minift.train import TrainConfig, evaluate, failure_point_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class FinetuneConfig:
     seed: int = 0
     progress: bool = True
     sample_max_tokens: int = 160
+    # The fast path (minift/fast_path.py decides what applies on this device and says why):
+    compile: bool = True               # compiled decoder layers (CUDA)
+    cuda_graph: bool = True            # forward + backward as one CUDA graph (CUDA, one batch shape, grad_accum 1)
+    adapter_math: str = "bf16"         # "bf16": LoRA matmuls in bf16 over a bf16 base; "fp32": peft's plain math
 
 
 @dataclass
@@ -86,6 +90,8 @@ class FinetuneReport:
     saved_bytes: int = 0                            # size of what this method has to ship
     warnings: list[str] = field(default_factory=list)
     data_stats: dict = field(default_factory=dict)  # {"train", "held_out"}: DatasetStats as dicts (the model card)
+    fast_path: list[str] = field(default_factory=list)  # what the fast path picked, one line per choice
+    compile_line: str | None = None                     # the first step's one-time cost (compile, capture)
 
 
 def _dir_bytes(path: str) -> int:
@@ -127,7 +133,11 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
             raise ValueError(f"{cfg.data}: no {part} example keeps an answer token at seq_len={cfg.seq_len} "
                              f"({stats.num_without_loss} of {stats.num_examples} lost all of theirs to "
                              f"truncation); raise seq_len")
-    train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id)
+    plan = fast_path.decide(device, dtype, method=cfg.method, one_shape=len({len(r) for r in data.train}) == 1,
+                            grad_accum=cfg.grad_accum, num_rows=len(data.train), batch_size=cfg.batch_size,
+                            compile=cfg.compile, cuda_graph=cfg.cuda_graph, adapter_math=cfg.adapter_math)
+    train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id,
+                         drop_last=plan.drop_last)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device, pad_id=data.pad_id)
 
     # The memory math first (the seed chapter's failure point 6): what this run should take.
@@ -137,7 +147,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
                                     cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
                                     lora_r=cfg.r, lora_targets=cfg.targets, device=device.type,
                                     loss_chunk=model.loss_chunk_size, load=_load_kind(cfg.method),
-                                    save="model" if cfg.method == "full" else "adapter")
+                                    save="model" if cfg.method == "full" else "adapter",
+                                    lora_compute_dtype=_dtype_name(plan.adapter_compute_dtype)
+                                    if plan.adapter_compute_dtype is not None else None)
         logger.info("predicted memory:\n%s", predicted.table())
     except ValueError as e:  # a configuration the math does not model (fp32 QLoRA, as on a CPU): train anyway
         predicted = None
@@ -158,7 +170,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     sample_before = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
 
     if cfg.method in ("lora", "qlora"):
-        lora.add_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets)
+        lora.add_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets,
+                      compute_dtype=plan.adapter_compute_dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # Full SFT in bf16 keeps fp32 Adam states (and the chapter's 2+2+8 bytes/param); LoRA adapters are
@@ -169,7 +182,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    result = train(model, train_rows, val_rows, TrainConfig(
+    result, compile_line = fast_path.train_with(plan, model, train_rows, val_rows, TrainConfig(
         steps=steps, epochs=epochs, grad_accum=cfg.grad_accum, lr=lr, warmup=cfg.warmup, weight_decay=0.0,
         betas=(0.9, 0.999), clip=1.0, precision=precision, master_weights=False, grad_checkpointing=cfg.grad_ckpt,
         eval_batches=cfg.eval_batches, out_dir=os.path.join(cfg.out_dir, "train"), seed=cfg.seed,
@@ -207,7 +220,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         eval_before=eval_before, eval_after=eval_after, sample_prompt=sample_prompt,
         sample_before=sample_before, sample_after=sample_after, train_time_s=result.train_time_s,
         tokens_per_s=result.tokens_per_s, saved=saved, saved_bytes=_dir_bytes(shipped), warnings=warnings,
-        data_stats={"train": asdict(data.stats), "held_out": asdict(data.val_stats)})
+        data_stats={"train": asdict(data.stats), "held_out": asdict(data.val_stats)},
+        fast_path=list(plan.lines), compile_line=compile_line)
 
 
 def _held_out_loss(model, val_rows: Batches, max_batches: int | None) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from minift import fast_path
 from minift.checkpoint import save_pretrained
 from minift.config import ModelConfig
 from minift.data import Batches, load_pretrain, read_text
@@ -23,7 +24,7 @@ from minift.device import pick_device
 from minift.generate import generate
 from minift.model import Transformer
 from minift.tokenizer import train_bpe
-from minift.train import TrainConfig, TrainResult, train
+from minift.train import TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class ScratchConfig:
     # ModelConfig fields to change after the preset, e.g. {"hidden_size": 64, "num_hidden_layers": 2}
     # (tests and quick experiments use a smaller model than tiny-10m; vocab_size is set above).
     model_overrides: dict = field(default_factory=dict)
+    compile: bool = True           # the fast path (minift/fast_path.py): compiled layers on CUDA
+    cuda_graph: bool = True        # and the CUDA graph (text rows all have seq_len tokens)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class ScratchReport:
     train_tokens: int
     result: TrainResult
     sample: str
+    fast_path: list = field(default_factory=list)   # what the fast path picked, one line per choice
+    compile_line: str | None = None                 # the first step's one-time cost
 
 
 def model_config(cfg: ScratchConfig, tok) -> ModelConfig:
@@ -92,12 +97,16 @@ def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     tok = train_bpe(docs, cfg.vocab_size)
     model_cfg = model_config(cfg, tok)
     data = load_pretrain(cfg.corpus, tok, cfg.seq_len, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device)
+    plan = fast_path.decide(device, torch.float32, method="scratch", one_shape=len({len(r) for r in data.train}) == 1,
+                            num_rows=len(data.train), batch_size=cfg.batch_size, compile=cfg.compile,
+                            cuda_graph=cfg.cuda_graph)
+    train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
+                         drop_last=plan.drop_last)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device) if data.val else None
     model = Transformer(model_cfg).to(device)
     # bf16 autocast where the device runs it fast; fp32 on CPU, where bf16 matmuls are slower.
     precision = "bf16-autocast" if device.type == "cuda" else "fp32"
-    result = train(model, train_rows, val_rows, TrainConfig(
+    result, compile_line = fast_path.train_with(plan, model, train_rows, val_rows, TrainConfig(
         steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
         clip=1.0, precision=precision, eval_every=cfg.eval_every, eval_batches=None,
         out_dir=os.path.join(cfg.out_dir, "train"), save_every=cfg.save_every, seed=cfg.seed,
@@ -105,4 +114,5 @@ def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     model.eval()
     save_pretrained(model, cfg.out_dir, tokenizer=tok)
     sample = generate(model, tok, cfg.sample_prompt, max_new_tokens=120, temperature=0.8, top_k=50, seed=cfg.seed)
-    return ScratchReport(cfg.out_dir, model.num_params(), data.stats.num_tokens, result, cfg.sample_prompt + sample)
+    return ScratchReport(cfg.out_dir, model.num_params(), data.stats.num_tokens, result, cfg.sample_prompt + sample,
+                         fast_path=list(plan.lines), compile_line=compile_line)

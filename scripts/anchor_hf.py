@@ -11,6 +11,10 @@ serves both sides there); LoRA and QLoRA step with torch's fused AdamW, as a HF 
 Peak = torch.cuda.max_memory_allocated over the steps; tok/s = median of the steady steps.
 --autocast runs the forward under torch.autocast(bf16), as HF Trainer's bf16=True does: peft's
 fp32 adapters then compute in bf16 (minift's LoRALinear compute_dtype=torch.bfloat16).
+--compile wraps the model in torch.compile (HF Trainer's torch_compile=True); the first steps,
+which compile, are outside the median. --liger patches transformers' Qwen2 with Liger's Triton
+kernels before the model is built (apply_liger_kernel_to_qwen2: RMSNorm, RoPE, SwiGLU and the
+fused linear + cross-entropy, which never materialises the logits), as `use_liger_kernel=True` does.
 """
 import contextlib
 import argparse
@@ -56,6 +60,13 @@ def quantize_bnb(model, device):
     torch.cuda.empty_cache()
 
 
+def anchor_name(method: str, autocast: bool, compile: bool, liger: bool) -> str:
+    """'HF+peft+bnb+Liger, autocast': the stack, then how it runs."""
+    stack = "HF" + ("+peft" if method in ("lora", "qlora") else "") + ("+bnb" if method == "qlora" else "")
+    how = [w for w, on in (("autocast", autocast), ("compile", compile)) if on]
+    return stack + ("+Liger" if liger else "") + (", " + " + ".join(how) if how else "")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="0.5b", choices=["0.5b", "1.5b", "3b", "7b"])
@@ -65,8 +76,13 @@ def main():
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--autocast", action="store_true", help="forward under torch.autocast(bf16)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--liger", action="store_true", help="Liger kernels (pip install liger-kernel)")
     a = ap.parse_args()
     device = torch.device("cuda")
+    if a.liger:
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+        apply_liger_kernel_to_qwen2()
     model = build_hf(a.size, device)
     if a.method == "qlora":
         quantize_bnb(model, device)
@@ -78,6 +94,7 @@ def main():
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if a.method in ("lora", "qlora"):
             model.enable_input_require_grads()
+    forward = torch.compile(model) if a.compile else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     if a.method == "full":
         opt = AdamW(trainable, lr=1e-5)
@@ -94,18 +111,19 @@ def main():
         t0 = time.perf_counter()
         if a.method == "infer":
             with torch.no_grad():
-                model(input_ids=x, logits_to_keep=1)
+                forward(input_ids=x, logits_to_keep=1)
         else:
             with autocast:
-                loss = model(input_ids=x, labels=x).loss
+                loss = forward(input_ids=x, labels=x).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     steady = sorted(times[2:])[len(times[2:]) // 2]
-    side = "hf+peft" + ("+bnb" if a.method == "qlora" else "") + (" (autocast)" if a.autocast else "")
-    print(json.dumps(dict(side=side, size=a.size, method=a.method, autocast=a.autocast,
+    side = anchor_name(a.method, a.autocast, a.compile, a.liger)
+    print(json.dumps(dict(side=side, size=a.size, method=a.method, autocast=a.autocast, compile=a.compile,
+                          liger=a.liger,
                           grad_ckpt=a.grad_ckpt, batch=a.batch, seq=a.seq, static_bytes=static,
                           peak_bytes=torch.cuda.max_memory_allocated(), step_s=steady,
                           tok_per_s=a.batch * a.seq / steady)), flush=True)

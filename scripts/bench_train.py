@@ -5,12 +5,14 @@
 
 Rows (batch 4 x 1024, LoRA r=16 on all seven projections, Qwen2.5 architectures, random weights):
   fast+compile: minift without checkpointing, decoder layers torch.compile'd (Transformer.compile_layers)
-                vs HF+peft without checkpointing (eager, as peft users run it)
   +graph:       forward + backward replayed as one CUDA graph (minift/cuda_graph.py)
   bf16 (4th field of --row): the adapters' matmuls in bf16 (fp32 weights), as peft under autocast;
-                the anchor then runs twice, plain and under torch.autocast(bf16), and the speed
-                ratio is against the faster of the two
+                such a row runs against the strongest HF stacks (minift.bench.anchors_for): HF + peft
+                under bf16 autocast with torch.compile, and HF + peft + Liger kernels under autocast
+                (7B QLoRA: HF + peft + bitsandbytes + Liger under autocast). The speed ratio is against
+                the fastest anchor, the memory ratio against the leanest.
   lean: minift eager with checkpointing and a 256-token loss chunk vs HF+peft with checkpointing
+--rows gpu is the issue-11 check: the fast rows with every anchor and a lean row (fits ~6 minutes).
 Writes results.json and table.md under --out and prints the table.
 """
 import argparse
@@ -28,8 +30,7 @@ ROWS = {
     # issue: LoRA/QLoRA by hand -> scripts/bench_lora.py runs these
     "lora": [Row("0.5b", "lora", "fast+compile"), Row("0.5b", "qlora", "fast+compile"),
              Row("7b", "lora", "fast+compile"), Row("7b", "qlora", "fast+compile")],
-    # issue: kernels and speed. bf16 adapter math (LoRALinear compute_dtype), so each row also runs
-    # the anchor under autocast (the same math) and the ratio is against the faster anchor.
+    # issue: kernels and speed; issue 11: against the strongest stacks (minift.bench.anchors_for)
     "fast": [Row("0.5b", "lora", "fast+compile+graph", "bf16"), Row("7b", "qlora", "fast+compile+graph", "bf16")],
     "eager": [Row("0.5b", "lora", "fast"), Row("7b", "qlora", "fast")],
     "lean": [Row("0.5b", "lora", "lean"), Row("7b", "lora", "lean"), Row("7b", "qlora", "lean"),
@@ -39,6 +40,7 @@ ROWS["lean-graph"] = [Row("0.5b", "full", "lean+compile+graph"), Row("0.5b", "lo
                       Row("0.5b", "full", "lean+compile")]
 ROWS["lean05"] = [r for r in ROWS["lean"] if r.size == "0.5b"]   # the quick half of "lean"
 ROWS["all"] = ROWS["lora"] + ROWS["fast"] + ROWS["lean"]
+ROWS["gpu"] = ROWS["fast"] + [Row("0.5b", "lora", "lean")]
 
 
 def main(default_rows="all"):
@@ -64,6 +66,10 @@ def main(default_rows="all"):
     from minift.bench import format_row
     with open(os.path.join(a.out, f"bench_{name}.md"), "w") as f:
         f.write(f"{stamp}\n\n{TABLE_HEADER}\n" + "\n".join(format_row(r) for r in results) + "\n")
+    failed = [f"{r['size']} {r['method']} {r['mode']} {side.get('side') or side.get('kind') or 'minift'}: {side['error']}"
+              for r in results for side in [r["minift"], *r.get("anchors", [])] if "error" in side]
+    if failed:  # the JSON above keeps what did run
+        raise SystemExit("bench_train: some measurements failed:\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+from minift import fast_path
+
 CAPSTONE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lora_qwen.py")
 
 
@@ -28,6 +30,8 @@ def main():
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/compare")
+    for flag, kw in fast_path.FLAGS:   # passed on to each scripts/lora_qwen.py run
+        ap.add_argument(flag, **kw)
     a = ap.parse_args()
 
     rows = []
@@ -40,6 +44,8 @@ def main():
                "--r", str(a.r), "--alpha", str(2 * a.r), "--device", a.device, "--out", out, "--no-progress"]
         if a.model:
             cmd += ["--model", a.model]
+        cmd += (["--no-compile"] * a.no_compile + ["--no-cuda-graph"] * a.no_cuda_graph
+                + ["--adapter-math", a.adapter_math])
         print(f"== {method}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(out, "report.json"), encoding="utf-8") as f:

@@ -13,10 +13,10 @@ import logging
 
 import torch
 
-from minift import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
+from minift import fast_path, load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
 from minift.data import Batches, load_pretrain
 from minift.device import pick_device, resolve_dtype
-from minift.train import TrainConfig, failure_point_warnings, train
+from minift.train import TrainConfig, failure_point_warnings
 
 
 def main():
@@ -33,6 +33,9 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--no-progress", action="store_true")
+    for flag, kw in fast_path.FLAGS:
+        if flag != "--adapter-math":   # every weight trains: no adapters
+            ap.add_argument(flag, **kw)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for w in failure_point_warnings("cpt", a.model):
@@ -46,12 +49,16 @@ def main():
     data = load_pretrain(a.corpus, tok, a.seq_len, val_fraction=0.02)
     print(f"corpus: {data.stats.num_tokens:,} tokens in {data.stats.num_rows:,} rows "
           f"(the chapter: below ~1B tokens continued pre-training does little)")
-    train_rows = Batches(data.train, a.batch_size, shuffle=True, device=device, pad_id=data.pad_id)
+    plan = fast_path.decide(device, dtype, method="cpt", one_shape=len({len(r) for r in data.train}) == 1,
+                            grad_accum=a.grad_accum, num_rows=len(data.train), batch_size=a.batch_size,
+                            **fast_path.settings(a))
+    train_rows = Batches(data.train, a.batch_size, shuffle=True, device=device, pad_id=data.pad_id,
+                         drop_last=plan.drop_last)
     val_rows = Batches(data.val, a.batch_size, shuffle=False, device=device, pad_id=data.pad_id) if data.val else None
     # bf16 weights train with fp32 Adam states (precision "bf16"); fp32 weights (a CPU) train in fp32
     precision = "bf16" if dtype == torch.bfloat16 else "fp32"
     model.train()
-    result = train(model, train_rows, val_rows, TrainConfig(
+    result, compile_line = fast_path.train_with(plan, model, train_rows, val_rows, TrainConfig(
         steps=a.steps, grad_accum=a.grad_accum, lr=a.lr, warmup=min(10, a.steps // 10), weight_decay=0.0,
         precision=precision, grad_checkpointing=a.grad_ckpt, out_dir=f"{a.out}/train", progress=not a.no_progress))
     model.eval()
@@ -59,6 +66,8 @@ def main():
     evals = result.eval_history
     print(f"train loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}"
           + (f", held-out loss {evals[-1]['loss']:.3f}" if evals else "") + f"; saved {a.out}")
+    print(f"training: {result.tokens_per_s:,.0f} tok/s (first step included)")
+    print(fast_path.describe(plan.lines, compile_line))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 
+from minift import fast_path
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -59,6 +60,8 @@ def main():
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the adapter and a model card to this Hub repo")
     ap.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    for flag, kw in fast_path.FLAGS:
+        ap.add_argument(flag, **kw)
     a = ap.parse_args()
     if a.push_to_hub:  # checked before training, not after it
         from minift.hub import check_repo_id
@@ -89,7 +92,7 @@ def main():
         r=pick("r"), alpha=pick("alpha"), dropout=a.dropout, targets=targets, lr=pick("lr"), steps=pick("steps"),
         epochs=a.epochs, max_examples=a.max_examples, batch_size=pick("batch_size"), seq_len=pick("seq_len"),
         grad_accum=a.grad_accum, grad_ckpt=a.grad_ckpt, device=a.device, dtype=a.dtype, merged=a.merged,
-        seed=a.seed, progress=not a.no_progress)
+        seed=a.seed, progress=not a.no_progress, **fast_path.settings(a))
     rep = finetune(cfg, model_dir=model_dir)
 
     print(f"\nbase: {rep.model_dir} ({rep.num_params:,} parameters; {rep.trainable_params:,} trained, "
@@ -98,7 +101,8 @@ def main():
           f"({rep.measured_peak_kind})")
     print(f"eval loss: {rep.eval_before['loss']:.3f} -> {rep.eval_after['loss']:.3f}   "
           f"(perplexity {rep.eval_before['perplexity']:.1f} -> {rep.eval_after['perplexity']:.1f})")
-    print(f"training: {rep.train_time_s:.0f} s, {rep.tokens_per_s:,.0f} tok/s")
+    print(f"training: {rep.train_time_s:.0f} s, {rep.tokens_per_s:,.0f} tok/s (first step included)")
+    print(fast_path.describe(rep.fast_path, rep.compile_line))
     print(f"\nprompt: {rep.sample_prompt}\n\n--- before ---\n{rep.sample_before}\n\n--- after ---\n{rep.sample_after}\n")
     for what, path in rep.saved.items():
         print(f"saved {what}: {path}")

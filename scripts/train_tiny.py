@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 
+from minift import fast_path
 from minift.scratch import ScratchConfig, train_from_scratch
 
 
@@ -26,16 +27,21 @@ def main():
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--no-progress", action="store_true")
+    for flag, kw in fast_path.FLAGS:
+        if flag != "--adapter-math":   # no adapters when training from scratch
+            ap.add_argument(flag, **kw)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = train_from_scratch(ScratchConfig(
         corpus=a.corpus, out_dir=a.out, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
-        vocab_size=a.vocab_size, device=a.device, seed=a.seed, progress=not a.no_progress))
+        vocab_size=a.vocab_size, device=a.device, seed=a.seed, progress=not a.no_progress,
+        **fast_path.settings(a)))
     r = report.result
     last_eval = r.eval_history[-1] if r.eval_history else {}
     print(f"\nparameters: {report.num_params:,}   training tokens in the corpus: {report.train_tokens:,}")
     print(f"steps: {r.final_step}   tokens seen: {r.tokens_seen:,}   {r.tokens_per_s:,.0f} tok/s   "
           f"{r.train_time_s / 60:.1f} min")
+    print(fast_path.describe(report.fast_path, report.compile_line))
     print(f"train loss: {r.losses[0]:.3f} -> {r.losses[-1]:.3f}   validation loss: {last_eval.get('loss', float('nan')):.3f}"
           f" (perplexity {last_eval.get('perplexity', float('nan')):.1f})")
     print(f"saved: {report.out_dir}\n\nsample:\n{report.sample}")

@@ -218,7 +218,8 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
               "--dtype", "float32", "--no-progress"]
     procs = {name: subprocess.Popen([sys.executable, SCRIPT, *extra, *common, "--out", str(tmp_path / name)],
                                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, extra in (("named", ["--model", base]), ("embedded", []))}
+             for name, extra in (("named", ["--model", base, "--no-compile", "--no-cuda-graph", "--adapter-math",
+                                            "fp32"]), ("embedded", []))}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, (name, err[-3000:])
@@ -230,6 +231,14 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
         adapter = tmp_path / name / "adapter"
         assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
         assert "eval loss:" in out and f"saved adapter: {adapter}" in out
+        # the fast path says what it picked: each flag by name, else the CPU's own reasons
+        if name == "named":
+            assert ("fast path:\n  adapter math: fp32 (--adapter-math fp32)\n  compiled layers: off (--no-compile)\n"
+                    "  CUDA graph: off (--no-cuda-graph)\n  loss: fused chunked") in out
+        else:
+            assert ("adapter math: fp32 (the base computes in float32 on cpu" in out
+                    and "compiled layers: off on cpu" in out and "CUDA graph: off on cpu" in out)
+        assert rep["fast_path"] and rep["compile_line"] is None  # nothing compiled or captured on CPU
         if name == "named":
             assert rep["model_dir"] == os.path.abspath(base) and "not on this machine" not in out
         else:

@@ -129,6 +129,9 @@ def test_continued_pretraining_trains_and_saves_a_model_that_loads(runs, tiny_di
     rc, out, err = runs.result("cpt")
     assert rc == 0, (rc, err[-2000:])
     assert "held-out loss" in out and "saved" in out
+    # the fast path's lines, as the CPU picks them (no compile, no graph, the fused loss)
+    assert "fast path:\n  compiled layers: off on cpu" in out and "CUDA graph: off on cpu" in out
+    assert "loss: fused chunked" in out and "adapter math" not in out  # CPT trains every weight
     before = minift.load_pretrained(tiny_dir, dtype="float32", device="cpu")
     after = minift.load_pretrained(str(runs.work / "cpt"), dtype="float32", device="cpu")
     changed = [n for (n, p), (_, q) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(p, q)]

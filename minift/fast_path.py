@@ -1,0 +1,229 @@
+"""The fast path: which speed features a training run uses, decided in one place, with the reasons.
+
+    plan = fast_path.decide(device, torch.bfloat16, method="lora", one_shape=True, grad_accum=1,
+                            num_rows=len(rows), batch_size=4)
+    for line in plan.lines: log(line)                       # what was picked, and why
+    lora.add_lora(model, ..., compute_dtype=plan.adapter_compute_dtype)
+    Batches(rows, 4, drop_last=plan.drop_last)
+    with fast_path.compiled_layers(model, plan.compile):
+        train(model, ..., TrainConfig(..., cuda_graph=plan.cuda_graph))
+
+What it picks, each on unless its flag turns it off or the run cannot use it:
+  - bf16 adapter math (LoRALinear compute_dtype): when the base computes in bf16 (the device runs
+    bf16). The adapters' matmuls then run on tensor cores and keep no fp32 copy of their input
+    (minift/lora.py, Note: compute_dtype); A and B stay fp32 parameters. Off: --adapter-math fp32.
+  - compiled decoder layers (Transformer.compile_layers): on CUDA. Not on CPU or MPS: on the 2-core
+    CPU machine, compiling one LoRA-wrapped layer cost 9-20 s of CPU time (2-5 minutes of wall time
+    on the shared machine), so a run of a few hundred CPU steps starts minutes later, and Inductor
+    builds C++ there, which not every laptop has. Whether the compiled CPU step is faster was not
+    measured (the machine was shared); off until a measurement shows it pays. Off: --no-compile.
+  - the CUDA graph (minift/cuda_graph.py, TrainConfig.cuda_graph): on CUDA when every batch has
+    one shape (packed rows do) and grad_accum is 1. With accumulation the graph is left off and
+    the compiled layers stay (a replay overwrites gradients instead of adding to them); a last
+    short batch is dropped (drop_last) rather than turning the graph off. Off: --no-cuda-graph.
+  - the fused chunked loss (kernels/linear_cross_entropy_fused.py): always; minift's model has no
+    other training loss, so there is no flag for it.
+
+Compile cost: the first step includes compiling (and the graph capture); `first_step_line` turns
+the step times into the line the recipes print. Inductor's FX graph cache and AOTAutograd cache
+are on by default in torch 2.11-2.13 and live in `compile_cache_dir()` (TORCHINDUCTOR_CACHE_DIR
+when set, else torch's default under the temp directory): a second run on the same machine loads
+the compiled kernels instead of building them again.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_MATH = ("bf16", "fp32")
+
+# The recipes' three switches, as argparse arguments (the scripts add them: `for flag, kw in FLAGS:
+# ap.add_argument(flag, **kw)`, then `settings(args)`); one definition, so every recipe says the same.
+FLAGS = (
+    ("--no-compile", dict(action="store_true", help="do not compile the decoder layers (fast path, CUDA)")),
+    ("--no-cuda-graph", dict(action="store_true", help="do not replay the step as a CUDA graph (fast path, CUDA)")),
+    ("--adapter-math", dict(choices=ADAPTER_MATH, default="bf16",
+                            help="LoRA matmul dtype over a bf16 base (default bf16; fp32 is peft's plain math)")),
+)
+
+
+def describe(lines, compile_line: str | None = None) -> str:
+    """The block the recipes print: 'fast path:' and one indented line per choice."""
+    return "fast path:\n" + "\n".join(f"  {line}" for line in [*lines, *([compile_line] if compile_line else [])])
+
+
+def settings(args) -> dict:
+    """The FLAGS' values from parsed arguments, as decide()'s (and FinetuneConfig's) keyword arguments."""
+    out = dict(compile=not args.no_compile, cuda_graph=not args.no_cuda_graph)
+    if hasattr(args, "adapter_math"):  # a recipe without adapters (train_tiny.py) has no --adapter-math
+        out["adapter_math"] = args.adapter_math
+    return out
+
+
+@dataclass(frozen=True)
+class FastPath:
+    adapter_compute_dtype: torch.dtype | None   # LoRALinear compute_dtype; None: the adapter's own (fp32)
+    compile: bool                               # compile the decoder layers
+    cuda_graph: bool                            # TrainConfig.cuda_graph
+    drop_last: bool                             # the training batches drop a short last batch
+    fused_loss: bool                            # always True (see the module doc)
+    lines: tuple[str, ...]                      # one human-readable line per choice
+
+    def summary(self) -> str:
+        """One line for a report: 'compiled layers, CUDA graph, bf16 adapter math, fused loss'."""
+        on = [name for name, used in (("compiled layers", self.compile), ("CUDA graph", self.cuda_graph),
+                                      ("bf16 adapter math", self.adapter_compute_dtype == torch.bfloat16),
+                                      ("fused loss", self.fused_loss)) if used]
+        return ", ".join(on)
+
+
+def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_shape: bool, grad_accum: int = 1,
+           num_rows: int | None = None, batch_size: int | None = None, compile: bool = True,
+           cuda_graph: bool = True, adapter_math: str = "bf16") -> FastPath:
+    """The fast-path settings for one run, and a line saying what was picked and why.
+
+    device, dtype: where the model trains and the dtype its base computes in.
+    method: "lora" / "qlora" (adapters) or anything else (every weight trained: no adapter math).
+    one_shape: every training batch has the same (rows, columns) (packed data does), apart from a
+      last short batch, which drop_last removes (needs num_rows and batch_size to say so).
+    compile, cuda_graph, adapter_math: the user's flags; False / "fp32" turn a feature off."""
+    device = torch.device(device)
+    if adapter_math not in ADAPTER_MATH:
+        raise ValueError(f"adapter_math must be one of {ADAPTER_MATH}, got {adapter_math!r}")
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    cuda = device.type == "cuda"
+    lines = []
+
+    # -- adapter math
+    adapter_dtype = None
+    if method in ("lora", "qlora"):
+        if adapter_math == "fp32":
+            lines.append("adapter math: fp32 (--adapter-math fp32)")
+        elif dtype != torch.bfloat16:
+            lines.append(f"adapter math: fp32 (the base computes in {_name(dtype)} on {device.type}; bf16 "
+                         f"adapter math follows a bf16 base)")
+        else:
+            adapter_dtype = torch.bfloat16
+            lines.append("adapter math: bf16 (fp32 A and B, bf16 matmuls; --adapter-math fp32 to turn off)")
+
+    # -- compiled layers
+    if not compile:
+        use_compile = False
+        lines.append("compiled layers: off (--no-compile)")
+    elif not cuda:
+        use_compile = False
+        lines.append(f"compiled layers: off on {device.type} (compiling costs minutes there; "
+                     f"see minift/fast_path.py)")
+    elif not _triton_importable():
+        use_compile = False
+        lines.append("compiled layers: off (torch.compile on CUDA needs triton, which does not import here)")
+    else:
+        use_compile = True
+        lines.append(f"compiled layers: on (first compile timed below; cached in {compile_cache_dir()}; "
+                     f"--no-compile to turn off)")
+
+    # -- CUDA graph
+    use_graph, drop_last = False, False
+    short = (num_rows % batch_size) if (num_rows is not None and batch_size) else 0
+    if not cuda_graph:
+        lines.append("CUDA graph: off (--no-cuda-graph)")
+    elif not cuda:
+        lines.append(f"CUDA graph: off on {device.type} (CUDA graphs are CUDA's)")
+    elif grad_accum != 1:
+        lines.append(f"CUDA graph: off, because grad_accum={grad_accum}: a replay overwrites the gradients "
+                     f"instead of adding to them (raise --batch-size and drop accumulation to get it)")
+    elif not one_shape:
+        lines.append("CUDA graph: off (the batches change shape; pack the rows to get it)")
+    elif num_rows is not None and batch_size and num_rows < batch_size:
+        lines.append(f"CUDA graph: off ({num_rows} training rows, fewer than one batch of {batch_size})")
+    else:
+        use_graph = True
+        drop_last = short > 0
+        dropped = (f"; the last short batch ({short} of {num_rows} rows) is dropped each epoch so every "
+                   f"batch has one shape" if drop_last else "")
+        lines.append(f"CUDA graph: on (forward + backward replayed as one launch{dropped}; "
+                     f"--no-cuda-graph to turn off)")
+
+    lines.append("loss: fused chunked linear + cross-entropy (the full logits are never materialised)")
+    return FastPath(adapter_compute_dtype=adapter_dtype, compile=use_compile, cuda_graph=use_graph,
+                    drop_last=drop_last, fused_loss=True, lines=tuple(lines))
+
+
+def train_with(plan: FastPath, model: nn.Module, train_batches, val_batches, cfg, **train_kwargs):
+    """minift.train.train with the plan's compiled layers and CUDA graph (cfg.cuda_graph is set
+    from the plan), logging the plan's lines and the first step's one-time cost.
+    Returns (TrainResult, the compile line or None)."""
+    from minift.train import train
+    for line in plan.lines:
+        logger.info("fast path: %s", line)
+    step_seconds = []  # the first step carries the compile and the graph capture
+
+    def on_step(event):
+        if event["kind"] == "train":
+            step_seconds.append(event["tokens"] / event["tokens_per_s"])
+    callbacks = [*(train_kwargs.pop("callbacks", None) or []), on_step]
+    with compiled_layers(model, plan.compile):
+        result = train(model, train_batches, val_batches, dataclasses.replace(cfg, cuda_graph=plan.cuda_graph),
+                       callbacks=callbacks, **train_kwargs)
+    line = first_step_line(step_seconds, plan.compile, plan.cuda_graph)
+    if line:
+        logger.info("fast path: %s", line)
+    return result, line
+
+
+@contextlib.contextmanager
+def compiled_layers(model: nn.Module, enabled: bool):
+    """Compile the decoder layers for the block (training), and put the eager layers back after:
+    evaluation and generation call the model with other shapes (a growing KV cache), each of
+    which would be another compile. nn.Module.compile keeps the compiled callable in
+    _compiled_call_impl; clearing it is how a module is un-compiled."""
+    if not enabled:
+        yield model
+        return
+    model.compile_layers()
+    try:
+        yield model
+    finally:
+        for layer in model.model.layers:
+            layer._compiled_call_impl = None
+
+
+def first_step_line(step_seconds: list[float], compiled: bool, graphed: bool) -> str | None:
+    """'first step 41.3 s (compile + CUDA graph capture), steady steps 0.033 s: ~41.3 s of one-time
+    cost' from the step times of a run, or None when nothing was compiled or captured."""
+    if not (compiled or graphed) or not step_seconds:
+        return None
+    what = " + ".join(w for w, on in (("compile", compiled), ("CUDA graph capture", graphed)) if on)
+    first = step_seconds[0]
+    rest = sorted(step_seconds[1:])
+    if not rest:
+        return f"first step {first:.1f} s ({what} included)"
+    steady = rest[len(rest) // 2]
+    return (f"first step {first:.1f} s ({what} included), steady step {steady:.3f} s: "
+            f"about {max(first - steady, 0.0):.1f} s of one-time cost")
+
+
+def compile_cache_dir() -> str:
+    """Where Inductor keeps its compiled kernels between runs (TORCHINDUCTOR_CACHE_DIR or torch's default)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        return cache_dir()
+    except ImportError:  # a torch that moved it: say where the setting lives instead
+        return "TORCHINDUCTOR_CACHE_DIR"
+
+
+def _triton_importable() -> bool:
+    from minift.kernels import dispatch
+    return dispatch.triton_available()
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

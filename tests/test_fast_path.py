@@ -1,0 +1,98 @@
+"""minift.fast_path.decide: what the recipes' fast path picks for each device, batch shape,
+accumulation and flag, and the line it says for each choice. Pure decisions: no GPU needed."""
+import argparse
+from unittest import mock
+
+import pytest
+import torch
+
+from minift import fast_path
+
+BF16, FP32 = torch.bfloat16, torch.float32
+CUDA = dict(device="cuda", dtype=BF16)
+
+# (name, decide() arguments, adapter dtype, compile, cuda_graph, drop_last, a phrase its lines must hold)
+TABLE = [
+    ("cuda lora, packed: everything", dict(CUDA, method="lora", one_shape=True, num_rows=40, batch_size=4),
+     BF16, True, True, False, "CUDA graph: on"),
+    ("cuda qlora, short last batch: dropped", dict(CUDA, method="qlora", one_shape=True, num_rows=42, batch_size=4),
+     BF16, True, True, True, "last short batch (2 of 42 rows) is dropped"),
+    ("cuda, grad accumulation: no graph, compile stays", dict(CUDA, method="lora", one_shape=True, grad_accum=4),
+     BF16, True, False, False, "grad_accum=4: a replay overwrites the gradients"),
+    ("cuda, unpacked rows: no graph", dict(CUDA, method="lora", one_shape=False),
+     BF16, True, False, False, "the batches change shape"),
+    ("cuda, fewer rows than a batch: no graph", dict(CUDA, method="lora", one_shape=True, num_rows=3, batch_size=4),
+     BF16, True, False, False, "3 training rows, fewer than one batch of 4"),
+    ("cuda full: no adapter math", dict(CUDA, method="full", one_shape=True),
+     None, True, True, False, "CUDA graph: on"),
+    ("cuda fp32 base: fp32 adapters", dict(device="cuda", dtype=FP32, method="lora", one_shape=True),
+     None, True, True, False, "the base computes in float32 on cuda"),
+    ("cpu fp32: nothing compiled or captured", dict(device="cpu", dtype=FP32, method="lora", one_shape=True),
+     None, False, False, False, "compiled layers: off on cpu"),
+    ("cpu bf16 base: bf16 adapters only", dict(device="cpu", dtype=BF16, method="lora", one_shape=True),
+     BF16, False, False, False, "CUDA graph: off on cpu"),
+    ("mps: no compile, no graph", dict(device="mps", dtype=BF16, method="lora", one_shape=True),
+     BF16, False, False, False, "CUDA graph: off on mps"),
+    ("--no-compile", dict(CUDA, method="lora", one_shape=True, compile=False),
+     BF16, False, True, False, "compiled layers: off (--no-compile)"),
+    ("--no-cuda-graph", dict(CUDA, method="lora", one_shape=True, num_rows=42, batch_size=4, cuda_graph=False),
+     BF16, True, False, False, "CUDA graph: off (--no-cuda-graph)"),
+    ("--adapter-math fp32", dict(CUDA, method="qlora", one_shape=True, adapter_math="fp32"),
+     None, True, True, False, "adapter math: fp32 (--adapter-math fp32)"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,adapter,compiled,graph,drop_last,phrase", TABLE, ids=[t[0] for t in TABLE])
+def test_decide(name, kwargs, adapter, compiled, graph, drop_last, phrase):
+    with mock.patch.object(fast_path, "_triton_importable", return_value=True):
+        plan = fast_path.decide(**kwargs)
+    assert (plan.adapter_compute_dtype, plan.compile, plan.cuda_graph, plan.drop_last) == \
+        (adapter, compiled, graph, drop_last), plan.lines
+    assert plan.fused_loss and any(phrase in line for line in plan.lines), plan.lines
+    # one line per choice: adapters (when there are any), compile, graph, loss
+    assert len(plan.lines) == (4 if kwargs["method"] in ("lora", "qlora") else 3)
+
+
+def test_no_triton_means_no_compile_and_says_why():
+    with mock.patch.object(fast_path, "_triton_importable", return_value=False):
+        plan = fast_path.decide(**CUDA, method="lora", one_shape=True)
+    assert not plan.compile and plan.cuda_graph
+    assert any("needs triton" in line for line in plan.lines)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="adapter_math must be one of"):
+        fast_path.decide(**CUDA, method="lora", one_shape=True, adapter_math="fp16")
+    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+        fast_path.decide(**CUDA, method="lora", one_shape=True, grad_accum=0)
+
+
+def test_flags_parse_into_decide_arguments():
+    ap = argparse.ArgumentParser()
+    for flag, kw in fast_path.FLAGS:
+        ap.add_argument(flag, **kw)
+    assert fast_path.settings(ap.parse_args([])) == dict(compile=True, cuda_graph=True, adapter_math="bf16")
+    off = fast_path.settings(ap.parse_args(["--no-compile", "--no-cuda-graph", "--adapter-math", "fp32"]))
+    assert off == dict(compile=False, cuda_graph=False, adapter_math="fp32")
+    with mock.patch.object(fast_path, "_triton_importable", return_value=True):
+        plan = fast_path.decide(**CUDA, method="lora", one_shape=True, **off)
+    assert (plan.compile, plan.cuda_graph, plan.adapter_compute_dtype) == (False, False, None)
+
+
+def test_first_step_line_and_describe():
+    assert fast_path.first_step_line([0.1, 0.1], compiled=False, graphed=False) is None
+    line = fast_path.first_step_line([41.5, 0.03, 0.04, 0.03], compiled=True, graphed=True)
+    assert line == ("first step 41.5 s (compile + CUDA graph capture included), steady step 0.030 s: "
+                    "about 41.5 s of one-time cost")
+    assert fast_path.describe(["a", "b"], line) == f"fast path:\n  a\n  b\n  {line}"
+
+
+def test_compiled_layers_are_put_back_after_training():
+    from minift.config import ModelConfig
+    from minift.model import Transformer
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = Transformer(cfg)
+    with fast_path.compiled_layers(model, True):
+        assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
+    assert all(layer._compiled_call_impl is None for layer in model.model.layers)
