@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
+from minift import distributed
 from minift.config import ModelConfig
 from minift.device import pick_device, resolve_dtype
 from minift.model import RotaryEmbedding, Transformer
@@ -313,6 +314,11 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
     out_dir = os.fspath(out_dir)
     cfg = model.config
     state = _plain_state_dict(model)
+    if distributed.is_distributed():  # torchrun: gather FSDP shards to rank 0, which alone writes
+        state = {k: distributed.full_tensor(v) for k, v in state.items()}
+        if not distributed.is_main():
+            distributed.barrier()
+            return
     if dtype is not None:
         dtype = resolve_dtype(dtype, torch.device("cpu"))
     limit = parse_size(max_shard_size)
@@ -356,6 +362,7 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
     out_cfg = dataclasses.replace(cfg, torch_dtype=str(saved_dtype).removeprefix("torch."))
     atomic_write_json(out_cfg.to_hf_dict(), os.path.join(out_dir, "config.json"))
     logger.info("saved %s (%d file%s)", out_dir, n, "s" if n > 1 else "")
+    distributed.barrier()  # the other ranks return once the files are there
 
 
 def _plain_state_dict(model: Transformer) -> dict[str, torch.Tensor]:

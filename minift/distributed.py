@@ -196,13 +196,18 @@ def sync_gradients(params: list[torch.Tensor], strategy: str | None) -> None:
         offset += g.numel()
 
 
-def sum_across_ranks(x: float | int, device: torch.device) -> float | int:
-    """The sum of a Python number over ranks (the number itself in one process)."""
+def sum_across_ranks(x, device: torch.device):
+    """The sum over ranks of a Python number, or of each number in a tuple (one all_reduce for all:
+    each one is a round trip that waits for the GPU). The numbers themselves in one process."""
     if not is_distributed():
         return x
-    t = torch.tensor([x], dtype=torch.float64 if isinstance(x, float) else torch.int64, device=_comm_device(device))
+    many = isinstance(x, tuple)
+    values = x if many else (x,)
+    floating = any(isinstance(v, float) for v in values)
+    t = torch.tensor(values, dtype=torch.float64 if floating else torch.int64, device=_comm_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.item()
+    out = tuple(t.tolist())
+    return out if many else out[0]
 
 
 def max_across_ranks(x: int, device: torch.device) -> int:

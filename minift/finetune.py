@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from minift import lora, memory, quant
+from minift import distributed, lora, memory, quant
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
@@ -123,7 +123,10 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     try:
         predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
                                     cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
-                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type)
+                                    lora_r=cfg.r, lora_targets=cfg.targets, device=device.type,
+                                    world_size=distributed.world_size(),   # under torchrun: one GPU's share
+                                    strategy=None if distributed.world_size() == 1
+                                    else ("fsdp" if cfg.method == "full" else "ddp"))
         logger.info("predicted memory:\n%s", predicted.table())
     except ValueError as e:  # a configuration the math does not model (fp32 QLoRA, as on a CPU): train anyway
         predicted = None

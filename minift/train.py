@@ -235,7 +235,9 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
                 run.micro_batches += 1
                 micro.append(_check_batch(batch, cfg, run.step + 1))
             counts = [_count_loss_tokens(b["targets"], vocab, run.step + 1) for b in micro]
-            n_total = distributed.sum_across_ranks(sum(counts), device)   # over every rank's micro-batches
+            # over every rank's micro-batches: the loss tokens (for the weights) and the input tokens
+            n_total, tokens = distributed.sum_across_ranks(
+                (sum(counts), sum(b["input_ids"].numel() for b in micro)), device)
             if n_total == 0:
                 raise ValueError(f"step {run.step + 1}: every target of its {cfg.grad_accum} micro-batch(es) "
                                  f"is -100; there is no token to learn from (check the loss mask)")
@@ -284,7 +286,6 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
 
             # ---- book-keeping
             run.step += 1
-            tokens = distributed.sum_across_ranks(sum(b["input_ids"].numel() for b in micro), device)
             run.tokens += tokens
             run.loss_tokens += n_total
             tokens_here += tokens
@@ -358,7 +359,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict], max_batches: int | None 
                 count += n
     finally:
         model.train(was_training)
-    total, count = distributed.sum_across_ranks(total, device), distributed.sum_across_ranks(count, device)
+    total, count = distributed.sum_across_ranks((float(total), float(count)), device)   # every rank's slice
+    count = int(count)
     if count == 0:
         raise ValueError(f"evaluation saw {seen} batch(es) and no target != -100: nothing to measure")
     mean = total / count
