@@ -173,7 +173,8 @@ def table(rows: list[dict]) -> str:
             if "error" in m:
                 lines.append(f"| {r['row']} | {w} | error: {m['error'][:80]} | | | | |")
                 continue
-            lines.append(f"| {r['row']} | {w} | {m['tok_per_s']:,.0f} | {m['peak_bytes'] / 1e9:.2f} "
+            peak = f"{m['peak_bytes'] / 1e9:.2f}" if m["peak_bytes"] is not None else "-"   # None: a CPU smoke run
+            lines.append(f"| {r['row']} | {w} | {m['tok_per_s']:,.0f} | {peak} "
                          f"({m['predicted_bytes'] / 1e9:.2f}) | {100 * m['mfu_per_gpu']:.1f}% | "
                          f"{an.get('tok_per_s_total', '-') if 'error' not in an else 'error'} | "
                          f"{an.get('max_per_gpu_peak_GB', '-') if 'error' not in an else an['error'][:60]} |")
