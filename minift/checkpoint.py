@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from minift import quant
+from minift import distributed, quant
 from minift.config import ModelConfig
 from minift.device import pick_device, resolve_dtype
 from minift.kernels import nf4
@@ -493,6 +493,11 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
     out_dir = os.fspath(out_dir)
     cfg = model.config
     state, packed_keys = _checkpoint_state_dict(model)
+    if distributed.is_distributed():  # torchrun: gather FSDP shards to rank 0, which alone writes
+        state = {k: distributed.full_tensor(v) for k, v in state.items()}
+        if not distributed.is_main():
+            distributed.barrier()
+            return
     if dtype is not None:
         dtype = resolve_dtype(dtype, torch.device("cpu"))
 
@@ -504,6 +509,7 @@ def save_pretrained(model: Transformer, out_dir: str | os.PathLike, tokenizer=No
                                                 .contiguous() for k in keys}, max_shard_size)
     write_configs(out_dir, cfg, torch_dtype=stored_dtype("model.embed_tokens.weight"), tokenizer=tokenizer,
                   quantization_config=bnb_quantization_config(model))
+    distributed.barrier()  # the other ranks return once rank 0's files are there
 
 
 def write_weights(out_dir: str, units: list[tuple[object, int]],

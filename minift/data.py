@@ -464,35 +464,54 @@ class Batches:
     """A DataLoader-like iterator over rows, resumable at the exact batch.
 
     `for batch in batches:` runs the rest of the current epoch; each epoch visits the rows in an
-    order drawn from (seed, epoch) alone. state_dict() = {"epoch", "position"} (plain ints: the
-    position is the index of the next batch in the epoch), so a run killed after step k and
-    resumed with load_state_dict() gets batch k + 1 exactly as the uninterrupted run would.
+    order drawn from (seed, epoch) alone. state_dict() = {"epoch", "position", "global_batch"}
+    (plain ints: the position is the index of the next batch in the epoch), so a run killed after
+    step k and resumed with load_state_dict() gets batch k + 1 exactly as the uninterrupted run would.
+
+    Several ranks (torchrun; minift/distributed.py): batch_size is per rank, a *global* batch is
+    batch_size x world_size consecutive rows of the epoch's order, and rank r reads rows
+    [r*batch_size, (r+1)*batch_size) of each. So N ranks see exactly the global batches one process
+    with batch_size x N sees, and len() counts global batches (the same on every rank). A rank whose
+    share of the last, short global batch is empty gets one all-padding row (targets all -100):
+    it must still take part in the step, and it adds no loss. rank / world_size: None = this
+    process's (1 without torchrun). The position is in global batches: resuming with another world
+    size keeps the rows exactly when the global batch is the same (or the rows used divide evenly).
 
     Each batch: {"input_ids": (B, T) long, "targets": (B, T) long} on `device`, plus
     "position_ids" and "segment_ids" (B, T) when the rows are packed. Rows of unequal length
     (unpacked SFT) are right-padded to the longest in the batch with pad_id, targets -100."""
 
     def __init__(self, rows: Sequence[Example], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 device: str | torch.device = "cpu", pad_id: int = 0, drop_last: bool = False):
+                 device: str | torch.device = "cpu", pad_id: int = 0, drop_last: bool = False,
+                 rank: int | None = None, world_size: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from minift import distributed
+        self.rank = distributed.rank() if rank is None else rank
+        self.world_size = distributed.world_size() if world_size is None else world_size
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"Batches: need 0 <= rank < world_size, got rank {self.rank}, world_size {self.world_size}")
         self.rows, self.batch_size, self.shuffle, self.seed = list(rows), batch_size, shuffle, seed
         self.device, self.pad_id, self.drop_last = torch.device(device), pad_id, drop_last
         self.packed = bool(self.rows) and self.rows[0].segment_ids is not None
         self.epoch, self.position = 0, 0  # an empty Batches (e.g. no validation split) yields nothing
 
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
     def __len__(self) -> int:
-        n = len(self.rows)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, g = len(self.rows), self.global_batch
+        return n // g if self.drop_last else -(-n // g)
 
     @property
     def num_tokens(self) -> int:
-        """Non-padding input tokens in one epoch."""
+        """Non-padding input tokens in one epoch (all ranks together)."""
         return sum(len(r) - r.num_padding for r in self.rows)
 
     @property
     def num_loss_tokens(self) -> int:
-        """Graded targets in one epoch."""
+        """Graded targets in one epoch (all ranks together)."""
         return sum(r.num_loss_tokens for r in self.rows)
 
     def order(self, epoch: int) -> list[int]:
@@ -502,26 +521,41 @@ class Batches:
         return idx
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
         epoch, position = state["epoch"], state["position"]
-        if not (isinstance(epoch, int) and isinstance(position, int)) or epoch < 0 or not 0 <= position <= len(self):
-            raise ValueError(f"bad Batches state {state}: need ints, epoch >= 0 and 0 <= position <= {len(self)}")
+        saved_global = state.get("global_batch", self.global_batch)  # older states: the same batch
+        if not (isinstance(epoch, int) and isinstance(position, int) and isinstance(saved_global, int)):
+            raise ValueError(f"bad Batches state {state}: need ints")
+        if saved_global != self.global_batch:
+            used = position * saved_global
+            if used % self.global_batch:
+                raise ValueError(f"Batches state {state}: {used} rows of epoch {epoch} were used in global batches "
+                                 f"of {saved_global}; with {self.world_size} rank(s) x {self.batch_size} = "
+                                 f"{self.global_batch} that is not a whole number of batches (keep the global batch: "
+                                 f"batch_size = {saved_global} / world_size)")
+            position = used // self.global_batch
+        if epoch < 0 or not 0 <= position <= len(self):
+            raise ValueError(f"bad Batches state {state}: need epoch >= 0 and 0 <= position <= {len(self)}")
         self.epoch, self.position = epoch, position
 
     def __iter__(self) -> Iterator[dict]:
-        order = self.order(self.epoch)
+        order, g, b = self.order(self.epoch), self.global_batch, self.batch_size
         while self.position < len(self):
-            chosen = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+            chosen = order[self.position * g:(self.position + 1) * g]
+            mine = chosen[self.rank * b:(self.rank + 1) * b]
             self.position += 1  # advanced before the caller sees the batch: a saved state points past it
-            yield self.collate([self.rows[i] for i in chosen])
+            if mine:
+                yield self.collate([self.rows[i] for i in mine])
+            else:  # the last global batch is too short to reach this rank
+                yield self.collate([_filler(self.rows[chosen[0]], self.pad_id)])
         self.epoch, self.position = self.epoch + 1, 0
 
     def forever(self) -> Iterator[dict]:
         """Batches across epochs without end (for step-counted training loops)."""
         if len(self) == 0:
-            raise ValueError(f"{len(self.rows)} rows make no batch of {self.batch_size} (drop_last={self.drop_last})")
+            raise ValueError(f"{len(self.rows)} rows make no batch of {self.global_batch} (drop_last={self.drop_last})")
         while True:
             yield from self
 
@@ -534,6 +568,16 @@ class Batches:
             batch["position_ids"] = torch.tensor([pad(r.position_ids, 0) for r in rows], dtype=torch.long)
             batch["segment_ids"] = torch.tensor([pad(r.segment_ids, -1) for r in rows], dtype=torch.long)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+def _filler(like: Example, pad_id: int) -> Example:
+    """One padding row shaped like `like`, with no target: a rank's place-holder in a global batch
+    that has no row left for it (its loss weight is 0)."""
+    T = len(like)
+    packed = like.segment_ids is not None
+    return Example(input_ids=[pad_id] * T, targets=[IGNORE_INDEX] * T,
+                   position_ids=list(range(T)) if packed else None, segment_ids=[0] * T if packed else None,
+                   num_padding=T)
 
 
 # ---------------------------------------------------------------------------------------------

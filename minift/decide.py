@@ -182,6 +182,26 @@ def job_estimate(cfg: ModelConfig, method: str, batch: int, seq: int, grad_ckpt:
                            save="adapter" if method in ("lora", "qlora") else "model")
 
 
+# ====================================================================== how many GPUs
+GPU_COUNTS = (1, 2, 4, 8)          # one host's worth; past 8, see docs/distributed.md
+
+
+def gpus_needed(cfg: ModelConfig, method: str, batch: int, seq: int, budget_bytes: float, *,
+                lora_r: int = 16, grad_ckpt: bool = True) -> tuple[int | None, "memory.MemoryEstimate | None"]:
+    """The fewest GPUs (of GPU_COUNTS) whose per-GPU peak fits budget_bytes, batch per GPU, and that
+    GPU's estimate: full training shards with FSDP (the states split N ways), adapters are data
+    parallel (each GPU holds the whole model, so more GPUs never make LoRA fit: it needs one).
+    (None, None) when even 8 are not enough."""
+    counts = GPU_COUNTS if method in memory.TRAIN_BASE else (1,)
+    for n in counts:
+        strategy = None if n == 1 else ("fsdp" if method in memory.TRAIN_BASE else "ddp")
+        est = memory.estimate(cfg, method, batch, seq, grad_ckpt=grad_ckpt, lora_r=lora_r,
+                              world_size=n, strategy=strategy)
+        if est.total <= budget_bytes:
+            return n, est
+    return None, None
+
+
 # ====================================================================== the tree
 @dataclass
 class Decision:
@@ -334,6 +354,9 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
     for name in CANDIDATES:
         row = [f"{m}{' +ckpt' if fits_by[(name, m)][0] else ''} {fits_by[(name, m)][1]} GB"
                for m in tries if (name, m) in fits_by]
+        if not row:  # one GPU is not enough: how many would be (torchrun; minift/distributed.py)
+            n, est = gpus_needed(ModelConfig.preset(name), tries[0], batch, seq, budget, lora_r=lora_r)
+            row = [f"{tries[0]} +ckpt on {n} GPUs ({est.strategy}) {est.total / 1e9:.2f} GB per GPU"] if n else []
         d.steps.append(f"   {name:<14} " + (", ".join(row) if row else "does not fit"))
     if chosen is None:
         d.steps.append("   Nothing fits: use a smaller batch x seq, a bigger machine, or a smaller model.")

@@ -9,7 +9,13 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     """'auto' (or None) -> cuda if present, else mps, else cpu. An explicit name is validated by
-    allocating on it, so a typo or a missing backend fails here, not deep inside a forward."""
+    allocating on it, so a typo or a missing backend fails here, not deep inside a forward.
+    Under torchrun (minift/distributed.py) it first joins the process group, and 'auto' / 'cuda'
+    mean this rank's GPU, cuda:LOCAL_RANK."""
+    from minift import distributed
+    rank_device = distributed.init(device)
+    if rank_device is not None and rank_device.type == "cuda" and str(device) in ("auto", "cuda", "None"):
+        return rank_device
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

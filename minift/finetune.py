@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from minift import fast_path, lora, memory
+from minift import distributed, fast_path, lora, memory
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from minift.data import Batches, load_sft
 from minift.device import pick_device, resolve_dtype
@@ -149,7 +148,10 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
                                     loss_chunk=model.loss_chunk_size, load=_load_kind(cfg.method),
                                     save="model" if cfg.method == "full" else "adapter",
                                     lora_compute_dtype=_dtype_name(plan.adapter_compute_dtype)
-                                    if plan.adapter_compute_dtype is not None else None)
+                                    if plan.adapter_compute_dtype is not None else None,
+                                    world_size=distributed.world_size(),   # under torchrun: one GPU's share
+                                    strategy=None if distributed.world_size() == 1
+                                    else ("fsdp" if cfg.method == "full" else "ddp"))
         logger.info("predicted memory:\n%s", predicted.table())
     except ValueError as e:  # a configuration the math does not model (fp32 QLoRA, as on a CPU): train anyway
         predicted = None

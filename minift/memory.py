@@ -298,6 +298,8 @@ class MemoryEstimate:
     optimizer_transient: int = 0                        # AdamW.step's largest per-parameter temporary
     phases: dict = field(default_factory=dict)          # phase -> {component: bytes}
     notes: list = field(default_factory=list)
+    world_size: int = 1                                 # > 1: the phases are one GPU's of a torchrun job
+    strategy: str | None = None                         # "ddp" | "fsdp" when world_size > 1
     job: dict = field(default_factory=dict)             # whole-job settings (empty: the step alone)
 
     @property
@@ -338,11 +340,13 @@ class MemoryEstimate:
                 "kv_cache": self.kv_cache, "optimizer_transient": self.optimizer_transient,
                 "phases": {k: dict(v) for k, v in self.phases.items()},
                 "peak_phase": self.peak_phase, "total": self.total, "notes": list(self.notes),
-                "job": dict(self.job), "step_peak_phase": self.step_peak_phase, "step_total": self.step_total}
+                "job": dict(self.job), "step_peak_phase": self.step_peak_phase, "step_total": self.step_total,
+                "world_size": self.world_size, "strategy": self.strategy}
 
     def table(self) -> str:
         rows = [f"memory estimate: {self.model} {self.method} batch {self.batch} x seq {self.seq}"
-                f"{' + grad ckpt' if self.grad_ckpt else ''} ({self.param_dtype} params)"]
+                f"{' + grad ckpt' if self.grad_ckpt else ''} ({self.param_dtype} params)"
+                + (f", per GPU of {self.world_size} ({self.strategy})" if self.world_size > 1 else "")]
         def line(label, b):
             rows.append(f"  {label:<44} {b / GB:>9.3f} GB")
         for k, v in self.weights.items():
@@ -478,7 +482,8 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
              blocksize: int = 64, double_quant: bool = True, kv_cache_len: int | None = None,
              device: str = "cuda", kernels: str = "auto", foreach="auto",
              load: str | None = None, checkpoint_dtype: str = "bfloat16", save: str | None = None,
-             process: bool | None = None) -> MemoryEstimate:
+             process: bool | None = None, world_size: int = 1, strategy: str | None = None
+             ) -> MemoryEstimate:
     """Predict the peak allocated bytes of one training step (or one prefill for "inference"),
     or, with `load` (or `save`), of the whole job (see _add_job_phases: Note: the whole job).
 
@@ -501,7 +506,10 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
       checkpoint read as it is stored). checkpoint_dtype: the float dtype on disk.
     save: None, "adapter" (lora.save_adapter) or "model" (save_pretrained, full fine-tuning).
     process: count what the process holds (CPU: resident memory, the runtime included);
-      None = on for device "cpu" in a whole-job estimate."""
+      None = on for device "cpu" in a whole-job estimate.
+    world_size, strategy: one GPU's peak in a torchrun job of world_size processes, batch per GPU
+      (minift/distributed.py): strategy "ddp" (adapters: every GPU holds the whole model) or
+      "fsdp" (full training: parameters, gradients and AdamW states sharded). See `_per_gpu`."""
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {', '.join(METHODS)}")
     for label, v in (("batch", batch), ("seq", seq), ("lora_r", lora_r), ("loss_chunk", loss_chunk),
@@ -512,6 +520,15 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
         raise ValueError(f"loss={loss!r}: minift's model always runs the fused chunked loss "
                          f"(kernels/linear_cross_entropy_fused.py), so that is the only loss this "
                          f"math describes; HF's materialised logits are measured in shared/anchors.md")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    if world_size > 1:
+        want = "fsdp" if method in TRAIN_BASE else "ddp"
+        if method == "inference" or strategy != want:
+            raise ValueError(f"world_size={world_size}: method {method!r} trains with strategy {want!r} in minift "
+                             f"(minift/distributed.py: FSDP2 for full training, data parallel for adapters); "
+                             f"got strategy={strategy!r}" if method != "inference" else
+                             "world_size > 1 is for training; inference is estimated per GPU with world_size=1")
     if device not in ("cuda", "cpu", "mps"):
         raise ValueError(f"device must be 'cuda', 'cpu' or 'mps', got {device!r}")
     if kernels not in ("auto", "triton", "reference"):
@@ -656,10 +673,100 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
         est.phases["backward: embedding"] = {**P, "grads": grads, "d embedding (dense)":
                                              s * V * h if cfg.tie_word_embeddings else 0, "d hidden": dh}
     est.phases["optimizer step"] = {**P, "grads": grads, "AdamW temporaries": est.optimizer_transient}
+    if world_size > 1:
+        _per_gpu(est, cfg, method, strategy, world_size, s, numels, d_head, bool(master), foreach,
+                 lora_r, lora_targets)
     if load is not None or save is not None:
         _add_job_phases(est, cfg, method, s, a, n_train, load, checkpoint_dtype, save, device, process,
                         blocksize, double_quant)
     return est
+
+
+# ====================================================================== one GPU of several
+def _per_gpu(est, cfg, method, strategy, W, s, numels, d_head, master, foreach, r, targets) -> None:
+    """Turn the one-GPU phases into one GPU's of a W-process job (minift/distributed.py), in place.
+
+    "ddp" (adapters): every GPU holds what one GPU holds, with its per-GPU batch. New: the step's
+    gradient all-reduce (distributed.sync_gradients) concatenates every adapter gradient into one
+    flat buffer beside the gradients themselves.
+
+    "fsdp" (full training, FSDP2): per GPU, with P = parameters, per tensor ceil(numel / W):
+      persistent      weights / W (padded shards) + AdamW m, v / W (+ master / W)
+      root unsharded  the root group (embedding, final norm, and an untied head), gathered at the
+                      start of forward and kept until backward ends (FSDP2 does not reshard the root
+                      after forward): s*V*h (tied) or 2*s*V*h + s*h. The head's gradient d lm_head
+                      is computed in forward by the fused loss at full size and is only
+                      reduce-scattered when the root's backward is done: it stays as in one GPU.
+      in flight       a layer's forward: that layer gathered + the next one prefetched (2 layers);
+                      a layer's backward: its gathered weights, the previous layer prefetched, its
+                      full-size gradients and the reduce-scatter input they are copied into while
+                      the last reduce-scatter may still be running: 4 layers of s*P_layer, plus the
+                      all-gather's copy-in of the shard (s*P_layer / W)
+      gradients       reduce-scattered shards, s*P / W, as backward goes
+      embedding bwd   the root: gathered weights + d lm_head + the dense d embedding (untied; a tied
+                      one adds into the head's gradient) and then their reduce-scatter input
+      optimizer step  shards + AdamW's foreach temporaries over the local shards
+    NCCL's own buffers are outside PyTorch's allocator (not in max_memory_allocated): a few hundred
+    MB per GPU that nvidia-smi shows."""
+    est.world_size, est.strategy = W, strategy
+    shard = lambda b: -(-b // W)  # noqa: E731
+    if strategy == "ddp":
+        grads = est.lora["grads"]                               # the adapters' gradients
+        persistent = {k: v for k, v in est.phases["optimizer step"].items() if k not in ("grads", "AdamW temporaries")}
+        est.phases["gradient all-reduce (one flat buffer)"] = {**persistent, "grads": grads, "flat copy": grads}
+        est.notes.append(f"per GPU of {W} (data parallel): each GPU holds the whole model and its own batch of "
+                         f"{est.batch} x {est.seq}; the adapters' gradients are summed in one flat all_reduce")
+        return
+
+    h, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    tied = cfg.tie_word_embeddings
+    root = s * (V * h * (1 if tied else 2) + h)                     # embedding (+ head) + final norm
+    layer = s * ((cfg.num_params(include_embedding=False) - h) // L)  # one decoder layer, gathered
+    shards = sum(shard(k) for k in numels)                          # elements of this rank's shards
+    all_layers_grads = s * shards - shard(root)                     # the layers' gradient shards
+
+    def sharded(comp: dict) -> dict:
+        out = {}
+        for k, v in comp.items():
+            if k == "weights":
+                out["weights (this GPU's shards)"] = shard(v)
+            elif k.startswith("AdamW m, v") or k.startswith("master weights"):
+                out[f"{k} (shards)"] = shard(v)
+            elif k == "grads so far":
+                out["grads so far (shards; d lm_head at full size)"] = d_head + shard(v - d_head)
+            else:
+                out[k] = v
+        return out
+
+    phases = {}
+    for name, comp in est.phases.items():
+        if name == "backward: embedding" or name == "optimizer step":
+            continue
+        c = sharded(comp)
+        c["root group gathered (embedding, head, norm)"] = root
+        if name.startswith("backward: layer") or name == "backward: top layer":
+            c["in flight: layer gathered + prefetch + its grads + reduce-scatter input"] = 4 * layer + shard(layer)
+        elif name.startswith("forward: top layer"):
+            c["in flight: layer gathered + next prefetched"] = 2 * layer + shard(layer)
+        phases[name] = c
+    persistent = sharded({k: v for k, v in est.phases["optimizer step"].items()
+                          if k not in ("grads", "AdamW temporaries")})
+    d_root = s * V * h * (1 if tied else 2)          # d embedding (dense) + d lm_head, or one tied grad
+    phases["backward: embedding (root gathered, its full-size grads)"] = {
+        **persistent, "grads (layer shards)": all_layers_grads, "root group gathered": root,
+        "d lm_head + d embedding (full size)": d_root + (s * V * h if tied else 0), "d hidden": s * est.batch * est.seq * h}
+    phases["backward: root reduce-scatter"] = {
+        **persistent, "grads (layer shards)": all_layers_grads, "root grads (full size)": d_root,
+        "reduce-scatter input": d_root}
+    local = [shard(k) for k in numels]
+    transient = (_optimizer_foreach_transient(cfg, method, local, s, master, r, targets) if foreach
+                 else _optimizer_step_transient(local, s, master))
+    phases["optimizer step"] = {**persistent, "grads (shards)": s * shards, "AdamW temporaries (local shards)": transient}
+    est.phases = phases
+    est.optimizer_transient = transient
+    est.notes.append(f"per GPU of {W} (FSDP2): weights, gradients and AdamW states are 1/{W} each; the root "
+                     f"group ({root / GB:.2f} GB) is whole from forward to the end of backward; "
+                     f"a gathered layer is {layer / GB:.3f} GB")
 
 
 def _inference(est, cfg, B, T, s, kv_len, W):

@@ -123,17 +123,19 @@ class AdamW(torch.optim.Optimizer):
                 state = self.state[p] if self.state[p] else self._init_state(p, group)
                 state["step"] += 1
                 t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
+                grad = _local(p.grad)
+                p = _local(p)                                    # FSDP2: this rank's shard (Note: shards)
+                m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
 
                 # w is what the update is applied to, always fp32: the master copy, the parameter
                 # itself when it is fp32, or an fp32 upcast of a bf16/fp16 parameter.
                 if "master" in state:
-                    w = state["master"]
+                    w = _local(state["master"])
                 elif p.dtype == torch.float32:
                     w = p
                 else:
                     w = p.float()
-                g = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
+                g = grad if grad.dtype == torch.float32 else grad.float()
 
                 if wd != 0:
                     w.mul_(1 - lr * wd)                          # decoupled decay, before the Adam step
@@ -161,14 +163,20 @@ class AdamW(torch.optim.Optimizer):
             state["step"] += 1
             by_step.setdefault(state["step"], []).append(p)
         for t, ps in by_step.items():
-            for ranges in foreach_slices([p.numel() for p in ps]):
+            for ranges in foreach_slices([_local(p).numel() for p in ps]):
                 pieces = [self._piece(ps[i], start, stop) for i, start, stop in ranges]
                 self._update_pieces(pieces, t, group)
 
     def _piece(self, p: torch.Tensor, start: int, stop: int) -> tuple:
         """Flat views [start:stop] of a parameter, its gradient and its state (all contiguous)."""
         st = self.state[p]
-        flat = lambda t: t.reshape(-1)[start:stop]  # noqa: E731 - a view for contiguous tensors
+
+        def flat(t):  # a view of the (local) tensor, so the updates land in it
+            t = _local(t)
+            if not t.is_contiguous():
+                raise RuntimeError(f"AdamW foreach path: a tensor of shape {tuple(t.shape)} is not contiguous; "
+                                   f"its flat slices would be copies and the update would be lost")
+            return t.reshape(-1)[start:stop]
         return (flat(p), flat(p.grad), flat(st["exp_avg"]), flat(st["exp_avg_sq"]),
                 flat(st["master"]) if "master" in st else None)
 
@@ -227,6 +235,9 @@ class AdamW(torch.optim.Optimizer):
                         raise ValueError(f"optimizer state {key!r} of parameter {index} has shape "
                                          f"{tuple(t.shape)}; the parameter has {tuple(p.shape)}")
                     state[key] = t.to(device=p.device, dtype=torch.float32, copy=True)
+                    if _is_dtensor(p):  # a full state for an FSDP2 shard: keep this rank's rows
+                        from minift.distributed import shard_like
+                        state[key] = shard_like(state[key], p)
             self.state[p] = state
 
     def named_state(self, names: dict[torch.Tensor, str]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -283,6 +294,19 @@ class AdamW(torch.optim.Optimizer):
         if unknown:
             raise ValueError(f"{source}: tensors for no trained parameter: {unknown[:5]}")
         self.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """Note: shards. Under FSDP2 (minift/distributed.py) a parameter, its gradient and the states
+    made from it with zeros_like are DTensors: each rank holds some rows of the whole. AdamW is
+    elementwise, so each rank updates its own rows alone: the math runs on the local tensors
+    (to_local() is a view: in-place updates land in the parameter). Plain tensors pass through."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

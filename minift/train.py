@@ -60,7 +60,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from minift import safeio
+from minift import distributed, safeio
 from minift.advice import failure_point_warnings  # noqa: F401  (moved; scripts import it from here)
 from minift.cuda_graph import GraphedStep
 from minift.device import bf16_supported
@@ -166,6 +166,14 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
     callbacks = list(callbacks or [])
     total_steps = _total_steps(cfg, train_batches)
     device = _model_device(model)
+    # torchrun: shard (FSDP2) or replicate the model before the optimizer sees its parameters
+    # (minift/distributed.py); None in one process. Only rank 0 logs, shows progress, writes.
+    strategy = distributed.prepare(model)
+    main = distributed.is_main()
+    if strategy == "fsdp" and cfg.cuda_graph:
+        raise ValueError("TrainConfig.cuda_graph cannot capture FSDP's all-gathers and reduce-scatters; "
+                         "turn it off for sharded (full) training under torchrun")
+    scale = distributed.loss_scale(strategy)   # FSDP averages over ranks: x N makes it the sum
     names = _trainable_names(model)
     _check_precision(cfg, names, device)
     _set_grad_checkpointing(model, cfg.grad_checkpointing)
@@ -186,7 +194,10 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
 
     ckpt_dir = None
     if cfg.out_dir is not None:
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        if main:  # rank 0 finishes an interrupted swap; the others wait, then find the result
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            recover_checkpoint_dir(cfg.out_dir)
+        distributed.barrier()
         ckpt_dir = recover_checkpoint_dir(cfg.out_dir)
     run = _RunState()
     if resume and ckpt_dir is not None:
@@ -197,7 +208,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
             logger.warning("%s holds a checkpoint but resume=False: starting afresh; it will be "
                            "replaced at the first save", ckpt_dir)
             ckpt_dir = None
-        _seed_everything(cfg.seed)
+        _seed_everything(cfg.seed + distributed.rank())  # each rank its own dropout masks
     resumed_from = run.step if run.step > 0 else None
 
     batches = iter(train_batches)
@@ -208,7 +219,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
-    bar = tqdm(total=total_steps, initial=run.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=run.step, disable=not (cfg.progress and main), desc="train", dynamic_ncols=True)
     time_in_steps, tokens_here, loss_tokens_here = 0.0, 0, 0
     last_saved, last_eval = run.step, None
     try:
@@ -224,7 +235,9 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
                 run.micro_batches += 1
                 micro.append(_check_batch(batch, cfg, run.step + 1))
             counts = [_count_loss_tokens(b["targets"], vocab, run.step + 1) for b in micro]
-            n_total = sum(counts)
+            # over every rank's micro-batches: the loss tokens (for the weights) and the input tokens
+            n_total, tokens = distributed.sum_across_ranks(
+                (sum(counts), sum(b["input_ids"].numel() for b in micro)), device)
             if n_total == 0:
                 raise ValueError(f"step {run.step + 1}: every target of its {cfg.grad_accum} micro-batch(es) "
                                  f"is -100; there is no token to learn from (check the loss mask)")
@@ -233,19 +246,30 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
             step_loss = torch.zeros((), device=device)
             for batch, n in zip(micro, counts):
                 if n == 0:
-                    continue
-                if graphed is not None:   # grad_accum is 1: the weight n / n_total is 1
-                    step_loss += graphed(**_model_inputs(batch, device))
+                    if strategy != "fsdp":
+                        continue
+                    # FSDP: every rank must run every forward (they gather together); weight 0
+                    batch = _with_placeholder_target(batch)
+                if graphed is not None:   # grad_accum is 1: the weight n / n_total is 1 in one process
+                    share = n / n_total     # under torchrun: this rank's part of the global tokens
+                    step_loss += graphed(**_model_inputs(batch, device)) * share
+                    if share != 1.0:
+                        torch._foreach_mul_([p.grad for p in params if p.grad is not None], share)
                     continue
                 with autocast:
                     loss = model(**_model_inputs(batch, device))              # () mean over n tokens
                 weighted = loss.float() * (n / n_total)
-                weighted.backward()
+                (weighted * scale if scale != 1.0 else weighted).backward()
                 step_loss += weighted.detach()
 
+            step_loss = distributed.sum_tensor_across_ranks(step_loss)    # the global batch's loss
+            distributed.sync_gradients(params, strategy)                  # ddp: sum the adapters over ranks
+
             # ---- clip (the norm is measured before clipping), check, update
+            # Under FSDP the gradients are DTensor shards; clip_grad_norm_ reduces the norm over
+            # ranks, so it is the global norm and every rank scales by the same factor.
             max_norm = cfg.clip if cfg.clip else float("inf")  # inf: scale 1.0, i.e. only measure
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_norm = float(distributed.global_value(torch.nn.utils.clip_grad_norm_(params, max_norm)))
             loss_value = float(step_loss)
             finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
             if not finite and len(run.skipped) >= cfg.max_nan_skips:
@@ -262,7 +286,6 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
 
             # ---- book-keeping
             run.step += 1
-            tokens = sum(b["input_ids"].numel() for b in micro)
             run.tokens += tokens
             run.loss_tokens += n_total
             tokens_here += tokens
@@ -279,7 +302,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
             if cfg.log_every and (run.step % cfg.log_every == 0 or run.step == total_steps):
                 logger.info("step %d/%d | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s",
                             run.step, total_steps, loss_value, lr, grad_norm, event["tokens_per_s"])
-            for cb in callbacks:
+            for cb in callbacks if main else ():
                 cb(event)
 
             if val_batches is not None and cfg.eval_every and run.step % cfg.eval_every == 0:
@@ -298,7 +321,9 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
     finally:
         bar.close()
 
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    # the largest per-GPU peak over ranks (each rank's own in one process)
+    peak = distributed.max_across_ranks(torch.cuda.max_memory_allocated(device), device) \
+        if device.type == "cuda" else None
     return TrainResult(
         losses=list(run.losses), grad_norms=list(run.grad_norms), lrs=list(run.lrs),
         eval_history=list(run.evals), final_step=run.step, tokens_seen=run.tokens,
@@ -320,18 +345,22 @@ def evaluate(model: nn.Module, batches: Iterable[dict], max_batches: int | None 
     was_training = model.training
     model.eval()
     total, count, seen = 0.0, 0, 0
+    lockstep = distributed.is_distributed()  # under torchrun each rank scores its slice of every batch
     try:
         for batch in itertools.islice(batches, max_batches):  # max_batches None: all of them
             n = int((batch["targets"] != IGNORE_INDEX).sum())
             seen += 1
-            if n == 0:
+            if n == 0 and not lockstep:
                 continue
-            with autocast:
-                loss = model(**_model_inputs(batch, device))
-            total += float(loss) * n
-            count += n
+            with autocast:  # FSDP: every rank runs every forward, even one with nothing to score
+                loss = model(**_model_inputs(batch if n else _with_placeholder_target(batch), device))
+            if n:
+                total += float(loss) * n
+                count += n
     finally:
         model.train(was_training)
+    total, count = distributed.sum_across_ranks((float(total), float(count)), device)   # every rank's slice
+    count = int(count)
     if count == 0:
         raise ValueError(f"evaluation saw {seen} batch(es) and no target != -100: nothing to measure")
     mean = total / count
@@ -380,7 +409,7 @@ class _RunState:
 def _save_and_report(cfg, model, optimizer, names, train_batches, has_data_state, run, callbacks) -> str:
     path = _save_checkpoint(cfg, model, optimizer, names, train_batches, has_data_state, run)
     logger.info("step %d: checkpoint saved to %s", run.step, path)
-    for cb in callbacks:
+    for cb in callbacks if distributed.is_main() else ():
         cb({"kind": "checkpoint", "step": run.step, "path": path})
     return path
 
@@ -388,18 +417,25 @@ def _save_and_report(cfg, model, optimizer, names, train_batches, has_data_state
 def _save_checkpoint(cfg, model, optimizer, names, train_batches, has_data_state, run) -> str:
     out = cfg.out_dir
     final, old = os.path.join(out, "checkpoint"), os.path.join(out, "checkpoint.old")
+    # Under torchrun every rank takes part in gathering the sharded tensors in full (the same
+    # files as one process writes; minift/distributed.py), then rank 0 alone writes them.
+    params = {names[p]: distributed.full_tensor(p) for p in names}
+    opt_tensors, opt_meta = optimizer.named_state(names)
+    opt_tensors = {k: distributed.full_tensor(v) for k, v in opt_tensors.items()}
+    rng_tensors, rng_meta = _rng_state()
+    rng_tensors = distributed.gather_rng_states(rng_tensors)
+    if not distributed.is_main():
+        distributed.barrier()   # returns once rank 0 has written the checkpoint
+        return final
     tmp = os.path.join(out, f"checkpoint.tmp-{os.getpid()}")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     try:
-        params = {names[p]: p.detach().contiguous() for p in names}
-        safeio.atomic_save_file(params, os.path.join(tmp, "model.safetensors"),
+        safeio.atomic_save_file({k: v.contiguous() for k, v in params.items()}, os.path.join(tmp, "model.safetensors"),
                                 metadata={"format": "pt", "step": str(run.step)})
-        opt_tensors, opt_meta = optimizer.named_state(names)
         safeio.atomic_save_file({k: v.contiguous() for k, v in opt_tensors.items()},
                                 os.path.join(tmp, "optimizer.safetensors"), metadata={"step": str(run.step)})
-        rng_tensors, rng_meta = _rng_state()
         safeio.atomic_save_file(rng_tensors, os.path.join(tmp, "rng.safetensors"))
         state = {
             "format": CHECKPOINT_FORMAT, "step": run.step, "micro_batches": run.micro_batches,
@@ -415,7 +451,7 @@ def _save_checkpoint(cfg, model, optimizer, names, train_batches, has_data_state
         safeio._fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint/ was never touched
-        raise
+        raise  # (under torchrun the other ranks then wait at the barrier below until they time out)
     # The swap: each rename is atomic; between them checkpoint.old/ is the complete previous one.
     if os.path.isdir(final):
         if os.path.isdir(old):
@@ -424,6 +460,7 @@ def _save_checkpoint(cfg, model, optimizer, names, train_batches, has_data_state
     os.replace(tmp, final)
     safeio._fsync_dir(out)
     shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
     return final
 
 
@@ -449,7 +486,7 @@ def _load_checkpoint(path, model, optimizer, names, train_batches, has_data_stat
             if t.shape != p.shape or t.dtype != p.dtype:
                 raise ValueError(f"{model_file}: {name!r} is {tuple(t.shape)} {t.dtype} in the checkpoint but "
                                  f"{tuple(p.shape)} {p.dtype} in the model (was the precision changed?)")
-            p.copy_(t)
+            distributed.copy_full_into(p, t)   # an FSDP shard keeps its own rows: any number of ranks
 
     opt_file = os.path.join(path, "optimizer.safetensors")
     optimizer.load_named_state(load_file(opt_file), state["optimizer"], names, source=opt_file)
@@ -458,7 +495,13 @@ def _load_checkpoint(path, model, optimizer, names, train_batches, has_data_stat
         if state.get("data") is None:
             raise ValueError(f"{state_file}: no data position saved, but train_batches has load_state_dict")
         train_batches.load_state_dict(state["data"])
-    _set_rng_state(load_file(os.path.join(path, "rng.safetensors")), state["rng"])
+    rng = distributed.this_rank_rng(load_file(os.path.join(path, "rng.safetensors")), list(_rng_state()[0]))
+    if rng is None:
+        logger.warning("%s was written by fewer ranks: rank %d starts a fresh RNG stream (dropout masks "
+                       "will differ from an uninterrupted run)", path, distributed.rank())
+        _seed_everything(cfg.seed + distributed.rank() + 7919 * state["step"])
+    else:
+        _set_rng_state(rng, state["rng"])
 
     h = state["history"]
     return _RunState(step=state["step"], micro_batches=state["micro_batches"], tokens=state["tokens"],
@@ -584,6 +627,14 @@ def _count_loss_tokens(targets: torch.Tensor, vocab: int | None, step: int) -> i
     return int(counted.sum())
 
 
+def _with_placeholder_target(batch: dict) -> dict:
+    """The batch with one real target, for a forward whose loss is multiplied by 0: a loss over no
+    target is 0/0 = NaN, and 0 * NaN would poison the gradients."""
+    targets = batch["targets"].clone()
+    targets[0, 0] = 0
+    return {**batch, "targets": targets}
+
+
 def _model_inputs(batch: dict, device: torch.device) -> dict:
     inputs = {"input_ids": batch["input_ids"].to(device), "targets": batch["targets"].to(device)}
     for key in ("position_ids", "segment_ids"):
@@ -599,7 +650,7 @@ def _run_eval(model, val_batches, val_state, cfg, run, callbacks) -> None:
     entry = {"step": run.step, "loss": result["loss"], "perplexity": result["perplexity"], "tokens": result["tokens"]}
     run.evals.append(entry)
     logger.info("step %d: eval loss %.4f, perplexity %.2f", run.step, entry["loss"], entry["perplexity"])
-    for cb in callbacks:
+    for cb in callbacks if distributed.is_main() else ():
         cb({"kind": "eval", **entry})
 
 

@@ -17,6 +17,16 @@ from minift import fast_path
 CAPSTONE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lora_qwen.py")
 
 
+def child_env(index: int) -> dict:
+    """Under torchrun each rank runs this script, and its children must form their own process group:
+    a fresh rendezvous port per method (rank 0's child hosts it), not torchrun's store."""
+    env = dict(os.environ)
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        env["MASTER_PORT"] = str(int(env["MASTER_PORT"]) + 1 + index)
+        env["TORCHELASTIC_USE_AGENT_STORE"] = "False"
+    return env
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="base model (default: as scripts/lora_qwen.py: Qwen2.5-0.5B-"
@@ -47,7 +57,7 @@ def main():
         cmd += (["--no-compile"] * a.no_compile + ["--no-cuda-graph"] * a.no_cuda_graph
                 + ["--adapter-math", a.adapter_math])
         print(f"== {method}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=child_env(len(rows)))
         with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
             rows.append(dict(method=method, report=json.load(f)))
 

@@ -416,7 +416,7 @@ def test_batches_resume_at_the_same_batch_across_epochs():
     it = first.forever()
     got = [next(it)["input_ids"][:, 0].tolist() for _ in range(6)]
     state = json.loads(json.dumps(first.state_dict()))                      # plain ints survive JSON
-    assert state == {"epoch": 1, "position": 2}
+    assert state == {"epoch": 1, "position": 2, "global_batch": 3}   # global_batch: batch_size x ranks
     resumed = D.Batches(rows, 3, seed=7)
     resumed.load_state_dict(state)
     it = resumed.forever()
