@@ -33,8 +33,10 @@ from minift.generate import generate_batch
 
 METRICS = ("characters", "place", "lesson", "ending", "length", "no_repeat", "shape")
 # The sampling every evaluation uses unless told otherwise: low temperature and a top-k cut keep a
-# small model on its most likely words without the loops greedy decoding falls into.
-SAMPLING = dict(temperature=0.7, top_k=20)
+# small model on its most likely words without the loops greedy decoding falls into; no 10-token
+# span twice (no reference story repeats one: measured on all 1,000 pairs in the tiny model's
+# tokens, where 8-token repeats do occur), so a sentence is never told twice.
+SAMPLING = dict(temperature=0.7, top_k=20, no_repeat_ngram_size=10)
 HAPPY_END_REQUEST = "오래오래 행복하게 살았답니다"
 
 
@@ -271,12 +273,13 @@ def table(before: dict | None, after: dict) -> str:
 
 def split_requests(path: str, val_fraction: float = 0.05, seed: int = 0,
                    max_examples: int | None = None) -> tuple[list, list]:
-    """(training conversations, held-out conversations) of a pairs file, split exactly as
-    minift.data.load_sft splits it for the same val_fraction, seed and max_examples."""
+    """(training conversations, held-out conversations) of a pairs file: the split
+    minift.data.load_sft makes for the same val_fraction, seed and max_examples, and with
+    max_examples the pairs past the first max_examples are held out too (never trained on)."""
     conversations = read_jsonl(path).conversations
-    if max_examples is not None:
-        conversations = conversations[:max_examples]
-    return train_val_split(conversations, val_fraction, seed)
+    used = conversations[:max_examples]
+    train, val = train_val_split(used, val_fraction, seed)
+    return train, val + conversations[len(used):]
 
 
 def story_token_budget(conversations, tokenizer, margin: float = 0.1) -> int:

@@ -328,14 +328,19 @@ def _forward_padded(model, ids: torch.Tensor, positions: torch.Tensor, key_ok: t
 
 def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 64, temperature: float = 0.0,
                    top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-                   eos_token_ids: Sequence[int] | None = None, seed: int | None = None) -> list[str]:
+                   no_repeat_ngram_size: int = 0, eos_token_ids: Sequence[int] | None = None,
+                   seed: int | None = None) -> list[str]:
     """The new text for each prompt (prompts as `generate` takes them), decoded together.
 
     The same choosing rules as `generate` (process_logits, row by row in one tensor), so greedy
     decoding gives generate's text for each prompt up to float rounding of the padded batch.
     With temperature > 0 one generator seeded with `seed` draws every row's tokens: the texts
     are reproducible for the same prompts in the same order and batch, not prompt by prompt.
-    A row stops at its first eos; the batch stops when every row has."""
+    A row stops at its first eos; the batch stops when every row has.
+    no_repeat_ngram_size n > 0: a token that would repeat an n-gram the row has already written is
+    forbidden (transformers' NoRepeatNGramLogitsProcessor, over the new tokens only, so a story
+    may still repeat the request's words): a long n (a sentence is ~15 tokens) stops a sentence
+    from being told twice while names and particles repeat freely."""
     _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, 0)
     if not prompts:
         return []
@@ -362,6 +367,7 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n_new = torch.zeros(B, dtype=torch.long, device=device)                            # tokens kept per row
+    ban = _NGramBan(B, no_repeat_ngram_size) if no_repeat_ngram_size else None
     was_training = model.training
     model.eval()
     try:
@@ -371,6 +377,9 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
             logits = _forward_padded(model, ids, positions, key_ok[:, :P], cache)     # prefill: (B, V)
             seen = ids.masked_fill(~key_ok[:, :P], -1)                                # (B, S); -1: padding
             for step in range(max_new_tokens):
+                if ban is not None:  # before temperature and top-k, as transformers orders them
+                    logits = logits.float()
+                    ban.apply(logits)
                 scores = _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty)
                 if temperature > 0:
                     nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
@@ -378,6 +387,8 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
                     nxt = scores.argmax(dim=-1)                                       # (B,)
                 nxt = nxt.masked_fill(done, pad)
                 out[:, step] = nxt
+                if ban is not None:
+                    ban.push(nxt.tolist())
                 n_new += ~done
                 done |= torch.isin(nxt, eos)
                 if bool(done.all()) or step == max_new_tokens - 1:
@@ -391,6 +402,28 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
     stop = set(eos.tolist())
     return [tokenizer.decode([t for t in out[b, :int(n_new[b])].tolist() if t not in stop], skip_special_tokens=True)
             for b in range(B)]
+
+
+class _NGramBan:
+    """Each row's n-grams so far, indexed by their first n - 1 tokens: which tokens would close
+    an n-gram the row has already written (updated one token at a time: O(1) a step)."""
+
+    def __init__(self, rows: int, n: int):
+        self.n, self.rows = n, [[] for _ in range(rows)]
+        self.seen: list[dict[tuple, set]] = [{} for _ in range(rows)]
+
+    def push(self, tokens: list[int]) -> None:
+        for row, seen, t in zip(self.rows, self.seen, tokens):
+            row.append(t)
+            if len(row) >= self.n:
+                seen.setdefault(tuple(row[len(row) - self.n:-1]), set()).add(t)
+
+    def apply(self, scores: torch.Tensor) -> None:
+        """In place: -inf where a row's next token would repeat one of its n-grams."""
+        for b, (row, seen) in enumerate(zip(self.rows, self.seen)):
+            banned = seen.get(tuple(row[len(row) - self.n + 1:])) if len(row) >= self.n - 1 else None
+            if banned:
+                scores[b, list(banned)] = float("-inf")
 
 
 def _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty) -> torch.Tensor:

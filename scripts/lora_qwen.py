@@ -16,12 +16,14 @@ import json
 import logging
 import os
 
+from minift.evaluate import side_by_side, table
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-# The embedded default is small and must finish in a few CPU minutes: shorter rows, fewer steps.
-TINY_DEFAULTS = dict(seq_len=256, batch_size=8, steps=60, lr=1e-3, r=16, alpha=32)
-QWEN_DEFAULTS = dict(seq_len=512, batch_size=4, steps=None, lr=None, r=16, alpha=32)
+# The embedded default is small and must finish in a few CPU minutes. seq_len None: the longest
+# pair in the model's own tokens, rounded up (minift.finetune.fit_seq_len), so no pair is cut.
+TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=120, lr=1e-3, r=16, alpha=32)
+QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32)
 
 
 def gib(n):
@@ -51,6 +53,9 @@ def main():
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--story-eval", type=int, default=50,
+                    help="held-out requests whose stories are scored before and after (0: off)")
+    ap.add_argument("--story-eval-seeds", default="0", help="sampling seeds for that, comma-separated")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -73,7 +78,8 @@ def main():
         r=pick("r"), alpha=pick("alpha"), dropout=a.dropout, targets=targets, lr=pick("lr"), steps=pick("steps"),
         epochs=a.epochs, max_examples=a.max_examples, batch_size=pick("batch_size"), seq_len=pick("seq_len"),
         grad_accum=a.grad_accum, grad_ckpt=a.grad_ckpt, device=a.device, dtype=a.dtype, merged=a.merged,
-        seed=a.seed, progress=not a.no_progress)
+        seed=a.seed, progress=not a.no_progress, story_eval=a.story_eval,
+        story_eval_seeds=tuple(int(x) for x in a.story_eval_seeds.split(",")))
     rep = finetune(cfg, model_dir=model_dir)
 
     print(f"\nbase: {rep.model_dir} ({rep.num_params:,} parameters; {rep.trainable_params:,} trained, "
@@ -84,11 +90,22 @@ def main():
           f"(perplexity {rep.eval_before['perplexity']:.1f} -> {rep.eval_after['perplexity']:.1f})")
     print(f"training: {rep.train_time_s:.0f} s, {rep.tokens_per_s:,.0f} tok/s")
     print(f"\nprompt: {rep.sample_prompt}\n\n--- before ---\n{rep.sample_before}\n\n--- after ---\n{rep.sample_after}\n")
+    print_story_eval(rep)
     for what, path in rep.saved.items():
         print(f"saved {what}: {path}")
     print(f"size of what ships: {rep.saved_bytes / 1e6:.2f} MB")
     with open(os.path.join(a.out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(rep.__dict__, f, ensure_ascii=False, indent=2, default=str)
+
+
+def print_story_eval(rep):
+    """The story evaluation beside the loss: the table, then one request's stories before and after."""
+    if rep.story_eval_after is None:
+        return
+    after = rep.story_eval_after
+    print(f"story evaluation: {after['n_requests']} held-out requests, sampling {after['sampling']}, "
+          f"seeds {after['seeds']}\n{table(rep.story_eval_before, after)}\n")
+    print(side_by_side(rep.story_eval_before, after, 1) + "\n")
 
 
 if __name__ == "__main__":

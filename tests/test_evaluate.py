@@ -181,3 +181,22 @@ def test_evaluate_stories_cli_on_a_tiny_model(tiny, tmp_path):
     saved = json.loads((tmp_path / "ev.json").read_text(encoding="utf-8"))
     assert saved["before"]["n_requests"] == saved["after"]["n_requests"] == 6
     assert saved["after"]["seeds"] == [0, 1]
+
+
+def test_no_repeat_ngram_matches_transformers(tiny):
+    """The n-gram ban against transformers' processor, on the same new tokens (greedy)."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+    model, tok = tiny
+    prompt = "옛날"
+    ids = torch.tensor([tok.encode(prompt)])
+    got = generate_batch(model, tok, [prompt], max_new_tokens=40, no_repeat_ngram_size=2, eos_token_ids=[])
+    # the reference: greedy, one token at a time, banning over the new tokens only
+    proc, new = NoRepeatNGramLogitsProcessor(2), []
+    for _ in range(40):
+        with torch.no_grad():
+            logits = model(torch.cat([ids, torch.tensor([new], dtype=torch.long)], 1))[:, -1]
+        logits = proc(torch.tensor([new], dtype=torch.long), logits) if new else logits
+        new.append(int(logits.argmax()))
+    assert got == [tok.decode(new, skip_special_tokens=True)]
+    bigrams = list(zip(new, new[1:]))
+    assert len(set(bigrams)) == len(bigrams)
