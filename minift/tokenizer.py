@@ -367,8 +367,7 @@ def load_tokenizer(path_or_id: str, chat_template: str | Callable | None = None)
 # ---------------------------------------------------------------------- training
 def train_bpe(texts: Iterable[str], vocab_size: int,
               special_tokens: Sequence[str] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-              chat_template: str = "chatml-no-default-system", model_max_length: int = 1024,
-              split_pattern: str | None = None) -> Tokenizer:
+              chat_template: str = "chatml-no-default-system", model_max_length: int = 1024) -> Tokenizer:
     """Train a byte-level BPE (the GPT-2 / Qwen family recipe) on `texts`.
 
     - NFC normaliser: Korean can be typed as precomposed syllables (U+AC00..) or as jamo sequences;
@@ -378,8 +377,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
       unknown; a Hangul syllable is 3 bytes, and merges learn the frequent ones as single tokens.
     - special tokens first (ids 0, 1, 2 ...): eos = <|im_end|>, pad = <|endoftext|>, no BOS.
     - chat_template: "chatml-no-default-system" (plain ChatML), or a Jinja string minift recognises.
-    - split_pattern: a regex whose matches become pieces of their own before the byte-level split,
-      so no merge crosses their edges (minift.scratch splits Korean particles off their nouns).
 
     Stopping: the returned tokenizer's eos_token_ids are [<|im_end|>, <|endoftext|>] (held as its
     generation_config; a checkpoint writer should save that dict as generation_config.json), so a
@@ -403,9 +400,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
     tok = tokenizers.Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if split_pattern is not None:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(tokenizers.Regex(split_pattern), "isolated"), tok.pre_tokenizer])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,

@@ -17,7 +17,7 @@ import minift
 from minift import fairytales
 from minift.generate import generate_ids
 from minift.data import read_jsonl
-from minift.scratch import PARTICLE_SPLIT, ScratchConfig, model_config, request_documents, train_from_scratch
+from minift.scratch import ScratchConfig, model_config, request_documents, train_from_scratch
 from minift.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -66,7 +66,7 @@ def test_request_documents_are_plain_text_and_not_the_fine_tuning_requests():
     """Pre-training documents "request\nstory": no chat markup (the chat template is what
     fine-tuning teaches), and none of them is a request of the shipped pairs file (which is what
     the story evaluation holds out)."""
-    n = ScratchConfig().request_docs
+    n = 1000
     docs = request_documents(n, ScratchConfig().request_seed)
     pairs = fairytales.generate_pairs(n, ScratchConfig().request_seed)
     assert len(docs) == n and docs[0].endswith("\n" + pairs[0].output) and docs[0].startswith(pairs[0].instruction)
@@ -75,17 +75,6 @@ def test_request_documents_are_plain_text_and_not_the_fine_tuning_requests():
         os.path.abspath(__file__))), "data", "fairytales_pairs.jsonl")).conversations}
     asked = {p.instruction + ("\n\n" + p.input if p.input else "") for p in pairs}
     assert not shipped & asked
-
-
-def test_particles_are_split_off_so_a_name_is_one_token_whatever_follows():
-    tok = train_bpe(fairytales.generate_stories(60, seed=2), vocab_size=2000, split_pattern=PARTICLE_SPLIT)
-    pieces = lambda text: [tok.decode([i]) for i in tok.encode(text)]  # noqa: E731
-    names = {" 토끼": [" 토끼와", " 토끼는", " 토끼에게", " 토끼가"], " 할머니": [" 할머니께서", " 할머니를", " 할머니의"]}
-    for name, forms in names.items():
-        for form in forms:
-            assert pieces(form)[0] == name, form  # the particle after it: one piece or more (its merges)
-    text = fairytales.generate_stories(1, seed=9)[0]
-    assert tok.decode(tok.encode(text)) == text  # the split changes pieces, never the text
 
 
 def test_model_overrides_give_the_small_model_and_bad_keys_are_named():
