@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from minift import distributed, fast_path, lora, memory
+from minift import evaluate as story_eval
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
-from minift.data import Batches, load_sft
+from minift.data import Batches, encode_chat, load_sft, read_jsonl
 from minift.device import pick_device, resolve_dtype
 from minift.generate import generate
 from minift.cpu_memory import release_freed_memory
@@ -51,7 +53,7 @@ class FinetuneConfig:
     epochs: float | None = None        # used when steps is None (default 1 epoch)
     max_examples: int | None = None    # use only the first N pairs (the chapter's 100-pair exercise)
     batch_size: int = 4
-    seq_len: int = 512
+    seq_len: int | None = None         # None: the longest pair in the model's tokens, rounded up (fit_seq_len)
     grad_accum: int = 1
     grad_ckpt: bool = False
     warmup: int = 10
@@ -67,6 +69,9 @@ class FinetuneConfig:
     compile: bool = True               # compiled decoder layers (CUDA)
     cuda_graph: bool = True            # forward + backward as one CUDA graph (CUDA, one batch shape, grad_accum 1)
     adapter_math: str = "bf16"         # "bf16": LoRA matmuls in bf16 over a bf16 base; "fp32": peft's plain math
+    story_eval: int = 50               # held-out fairytale requests scored before and after (0: off)
+    story_eval_seeds: tuple = (0,)     # sampling seeds for that evaluation
+    story_eval_max_tokens: int | None = None  # None: the longest training story + 10% (story_token_budget)
 
 
 @dataclass
@@ -91,6 +96,10 @@ class FinetuneReport:
     data_stats: dict = field(default_factory=dict)  # {"train", "held_out"}: DatasetStats as dicts (the model card)
     fast_path: list[str] = field(default_factory=list)  # what the fast path picked, one line per choice
     compile_line: str | None = None                     # the first step's one-time cost (compile, capture)
+    # minift.evaluate.evaluate_stories before / after training: {"mean", "std_over_seeds",
+    # "n_requests", "seeds", "per_request"}; None where the data is not fairytale requests
+    story_eval_before: dict | None = None
+    story_eval_after: dict | None = None
 
 
 def _dir_bytes(path: str) -> int:
@@ -120,6 +129,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     if device.type == "cpu":
         model.loss_chunk_size = CPU_LOSS_CHUNK
 
+    if cfg.seq_len is None:
+        cfg.seq_len = fit_seq_len(cfg.data, tok, cfg.max_examples)
+        logger.info("seq_len %d: the longest pair in this model's tokens, rounded up", cfg.seq_len)
     data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
                     max_examples=cfg.max_examples)
     logger.info("train data: %s", data.stats.summary())
@@ -170,6 +182,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     sample_prompt = [m["content"] for m in sample_messages if m["role"] == "user"][-1]
     eval_before = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_before = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
+    story_eval = _story_evaluation(cfg, tok, warnings)
+    story_eval_before = story_eval(model)
 
     if cfg.method in ("lora", "qlora"):
         lora.add_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets,
@@ -202,6 +216,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         kind = "peak resident memory of the process (whole recipe, runtime included)"
     eval_after = _held_out_loss(model, val_rows, cfg.eval_batches)
     sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
+    story_eval_after = story_eval(model)
 
     saved = {}
     if cfg.method == "full":
@@ -223,7 +238,45 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         sample_before=sample_before, sample_after=sample_after, train_time_s=result.train_time_s,
         tokens_per_s=result.tokens_per_s, saved=saved, saved_bytes=_dir_bytes(shipped), warnings=warnings,
         data_stats={"train": asdict(data.stats), "held_out": asdict(data.val_stats)},
-        fast_path=list(plan.lines), compile_line=compile_line)
+        fast_path=list(plan.lines), compile_line=compile_line,
+        story_eval_before=story_eval_before, story_eval_after=story_eval_after)
+
+
+def fit_seq_len(path: str, tok, max_examples: int | None = None, multiple: int = 64) -> int:
+    """The smallest multiple of `multiple` that holds every conversation of `path` in `tok`'s
+    tokens (chat template included), so that no pair is truncated: the stories' endings are
+    what a fairytale request asks for last."""
+    conversations = read_jsonl(path).conversations[:max_examples]
+    longest = max(len(encode_chat(c, tok)[0]) for c in conversations)
+    return -(-longest // multiple) * multiple
+
+
+def _story_evaluation(cfg: FinetuneConfig, tok, warnings: list[str]):
+    """model -> minift.evaluate's scores on the first cfg.story_eval held-out requests (the same
+    split load_sft holds out), or a function returning None when that is off or the data holds
+    other requests than minift.fairytales makes."""
+    if not cfg.story_eval:
+        return lambda model: None
+    train_c, held_out = story_eval.split_requests(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_examples)
+    try:
+        bands = story_eval.length_bands(train_c)
+        for c in held_out:
+            story_eval.parse_request(next(m["content"] for m in c if m["role"] == "user"))
+    except (ValueError, StopIteration) as e:
+        warnings.append(f"no story evaluation: {e}")
+        logger.warning(warnings[-1])
+        return lambda model: None
+    held_out = held_out[:cfg.story_eval]
+    budget = cfg.story_eval_max_tokens or story_eval.story_token_budget(train_c, tok)
+
+    def run(model):
+        t0 = time.perf_counter()
+        result = story_eval.evaluate_stories(model, tok, held_out, bands, seeds=cfg.story_eval_seeds,
+                                             max_new_tokens=budget)
+        logger.info("story evaluation (%d requests, %.0f s):\n%s", len(held_out), time.perf_counter() - t0,
+                    story_eval.table(None, result))
+        return result
+    return run
 
 
 def _held_out_loss(model, val_rows: Batches, max_batches: int | None) -> dict:

@@ -29,6 +29,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+import torch.nn.functional as F
+
 from minift.kernels import dispatch
 from minift.lora import LoRALinear
 from minift.model import KVCache
@@ -357,3 +359,143 @@ def generate(model, tokenizer, prompt: str | list[dict] | list[int], max_new_tok
             if stream is not None:
                 stream(delta)
     return "".join(pieces)
+
+
+
+# ---------------------------------------------------------------------- many prompts at once
+# Note: batching. A 10M-parameter model decodes one token in a few ms, most of it per-op Python
+# and kernel-launch overhead that does not grow with the batch; 32 prompts decoded together cost
+# little more per step than one. An evaluation that writes 50+ stories is ~20x faster this way.
+# The prompts are left-padded to one length, so every row's next token is the last column.
+
+def _forward_padded(model, ids: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
+                    cache: KVCache) -> torch.Tensor:
+    """One forward over a left-padded batch: ids and positions (B, T) are the new tokens;
+    key_ok (B, S) marks which of the S = cache.length + T keys are real tokens (False: padding).
+    Returns the last position's logits (B, V).
+
+    Transformer.hidden_states takes no padding mask (batch-1 decoding never needs one), so this
+    runs the same modules with one: a query reads the real keys at or before it. A padding query
+    also reads itself, so its row has a finite score: an all-masked row would give NaN, and a NaN
+    value times a zero weight is still NaN in the real rows that read it."""
+    B, T = ids.shape
+    past = cache.length
+    causal = torch.ones(T, past + T, dtype=torch.bool, device=ids.device).tril(past)       # (T, S)
+    itself = F.pad(torch.eye(T, dtype=torch.bool, device=ids.device), (past, 0))           # (T, S)
+    mask = (causal[None] & key_ok[:, None, :]) | itself[None]                              # (B, T, S)
+    x = model.model.embed_tokens(ids)                                                      # (B, T, h)
+    cos, sin = model.model.rotary_emb(positions, x.dtype)                                  # (B, T, hd)
+    for layer in model.model.layers:
+        x = layer(x, cos, sin, mask[:, None], cache)
+    cache.length += T
+    return model.lm_head(model.model.norm(x[:, -1:]))[:, -1]                                     # (B, V)
+
+
+def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                   top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                   no_repeat_ngram_size: int = 0, eos_token_ids: Sequence[int] | None = None,
+                   seed: int | None = None) -> list[str]:
+    """The new text for each prompt (prompts as `generate` takes them), decoded together.
+
+    The same choosing rules as `generate` (process_logits, row by row in one tensor), so greedy
+    decoding gives generate's text for each prompt up to float rounding of the padded batch.
+    With temperature > 0 one generator seeded with `seed` draws every row's tokens: the texts
+    are reproducible for the same prompts in the same order and batch, not prompt by prompt.
+    A row stops at its first eos; the batch stops when every row has.
+    no_repeat_ngram_size n > 0: a token that would repeat an n-gram the row has already written is
+    forbidden (transformers' NoRepeatNGramLogitsProcessor, over the new tokens only, so a story
+    may still repeat the request's words): a long n (a sentence is ~15 tokens) stops a sentence
+    from being told twice while names and particles repeat freely."""
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, 0)
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    B, P = len(encoded), max(len(e) for e in encoded)
+    if P + max_new_tokens > model.config.max_position_embeddings:
+        logger.warning("prompt %d + %d new tokens exceeds max_position_embeddings %d; quality will degrade",
+                       P, max_new_tokens, model.config.max_position_embeddings)
+    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
+    ids = torch.full((B, P), pad, dtype=torch.long, device=device)                   # (B, P) left-padded
+    key_ok = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)      # real tokens so far
+    for b, e in enumerate(encoded):
+        ids[b, P - len(e):] = torch.tensor(e, dtype=torch.long)
+        key_ok[b, P - len(e):P] = True
+    lengths = key_ok[:, :P].sum(dim=1)                                                # (B,) prompt lengths
+    positions = (torch.arange(P, device=device) - (P - lengths)[:, None]).clamp(min=0)  # (B, P)
+    eos = torch.tensor(sorted(set(tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)),
+                       dtype=torch.long, device=device)
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n_new = torch.zeros(B, dtype=torch.long, device=device)                            # tokens kept per row
+    ban = _NGramBan(B, no_repeat_ngram_size) if no_repeat_ngram_size else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cache = KVCache(model.config, batch=B, max_len=P + max_new_tokens, device=device,
+                            dtype=model.model.embed_tokens.weight.dtype)
+            logits = _forward_padded(model, ids, positions, key_ok[:, :P], cache)     # prefill: (B, V)
+            seen = ids.masked_fill(~key_ok[:, :P], -1)                                # (B, S); -1: padding
+            for step in range(max_new_tokens):
+                if ban is not None:  # before temperature and top-k, as transformers orders them
+                    logits = logits.float()
+                    ban.apply(logits)
+                scores = _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty)
+                if temperature > 0:
+                    nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
+                else:
+                    nxt = scores.argmax(dim=-1)                                       # (B,)
+                nxt = nxt.masked_fill(done, pad)
+                out[:, step] = nxt
+                if ban is not None:
+                    ban.push(nxt.tolist())
+                n_new += ~done
+                done |= torch.isin(nxt, eos)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                key_ok[:, P + step] = True
+                seen = torch.cat([seen, nxt[:, None]], dim=1)
+                logits = _forward_padded(model, nxt[:, None], (lengths + step)[:, None],
+                                         key_ok[:, :P + step + 1], cache)
+    finally:
+        model.train(was_training)
+    stop = set(eos.tolist())
+    return [tokenizer.decode([t for t in out[b, :int(n_new[b])].tolist() if t not in stop], skip_special_tokens=True)
+            for b in range(B)]
+
+
+class _NGramBan:
+    """Each row's n-grams so far, indexed by their first n - 1 tokens: which tokens would close
+    an n-gram the row has already written (updated one token at a time: O(1) a step)."""
+
+    def __init__(self, rows: int, n: int):
+        self.n, self.rows = n, [[] for _ in range(rows)]
+        self.seen: list[dict[tuple, set]] = [{} for _ in range(rows)]
+
+    def push(self, tokens: list[int]) -> None:
+        for row, seen, t in zip(self.rows, self.seen, tokens):
+            row.append(t)
+            if len(row) >= self.n:
+                seen.setdefault(tuple(row[len(row) - self.n:-1]), set()).add(t)
+
+    def apply(self, scores: torch.Tensor) -> None:
+        """In place: -inf where a row's next token would repeat one of its n-grams."""
+        for b, (row, seen) in enumerate(zip(self.rows, self.seen)):
+            banned = seen.get(tuple(row[len(row) - self.n + 1:])) if len(row) >= self.n - 1 else None
+            if banned:
+                scores[b, list(banned)] = float("-inf")
+
+
+def _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty) -> torch.Tensor:
+    """process_logits for each row of (B, V) logits; seen (B, S) ids, -1 where padding. Temperature,
+    top-k and top-p work on any number of rows; the penalty's gather is written for one."""
+    if repetition_penalty == 1.0:
+        return process_logits(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p)
+    return torch.cat([process_logits(row[None], ids[ids >= 0][None], temperature=temperature, top_k=top_k,
+                                     top_p=top_p, repetition_penalty=repetition_penalty)
+                      for row, ids in zip(logits, seen)])

@@ -3,8 +3,9 @@
     python scripts/compare_methods.py                               # offline: the tiny from-scratch model
     python scripts/compare_methods.py --model HuggingFaceTB/SmolLM2-360M-Instruct --pairs 100 --steps 50
 
-Reports, side by side: held-out loss before and after, a sample story, peak memory, wall time
-and the size of what each method has to ship (a whole model, or an adapter).
+Reports, side by side: held-out loss before and after, how well the stories follow held-out
+requests before and after (minift/evaluate.py), a sample story, peak memory, wall time and the
+size of what each method has to ship (a whole model, or an adapter).
 """
 import argparse
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 
 from minift import fast_path
+from minift.evaluate import METRICS
 
 CAPSTONE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lora_qwen.py")
 
@@ -36,7 +38,7 @@ def main():
     ap.add_argument("--methods", default="full,lora,qlora")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, help="default: the longest pair, rounded up (no pair cut)")
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/compare")
@@ -50,8 +52,10 @@ def main():
         # the same budget for each: steps, batch and rows, each method at its usual learning rate.
         out = os.path.join(a.out, method)
         cmd = [sys.executable, CAPSTONE, "--method", method, "--data", a.data, "--max-examples", str(a.pairs),
-               "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
+               "--steps", str(a.steps), "--batch-size", str(a.batch_size),
                "--r", str(a.r), "--alpha", str(2 * a.r), "--device", a.device, "--out", out, "--no-progress"]
+        if a.seq_len:
+            cmd += ["--seq-len", str(a.seq_len)]
         if a.model:
             cmd += ["--model", a.model]
         cmd += (["--no-compile"] * a.no_compile + ["--no-cuda-graph"] * a.no_cuda_graph
@@ -62,7 +66,8 @@ def main():
             rows.append(dict(method=method, report=json.load(f)))
 
     base = rows[0]["report"]["model_dir"]
-    print(f"\n{a.pairs} pairs, {a.steps} steps x batch {a.batch_size} x {a.seq_len} tokens, base {base}\n")
+    seq_len = rows[0]["report"]["config"]["seq_len"]
+    print(f"\n{a.pairs} pairs, {a.steps} steps x batch {a.batch_size} x {seq_len} tokens, base {base}\n")
     print("| method | trained params | held-out loss before -> after | peak memory | train time | saved size |")
     print("|---|---|---|---|---|---|")
     for row in rows:
@@ -72,11 +77,29 @@ def main():
               f"{rep['eval_after']['loss']:.3f} | {peak} | {rep['train_time_s']:.0f} s | "
               f"{rep['saved_bytes'] / 1e6:.1f} MB |")
     print(f"\npeak memory: {rows[0]['report']['measured_peak_kind']}")
+    print_story_table(rows)
     print(f"prompt: {rows[0]['report']['sample_prompt']}")
     for row in rows:
         print(f"\n--- {row['method']} ---\n{row['report']['sample_after']}")
     with open(os.path.join(a.out, "compare.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, ensure_ascii=False, indent=2)
+
+
+def print_story_table(rows):
+    """The story evaluation of each method, before -> after, one column per method."""
+    evals = [(row["method"], row["report"].get("story_eval_before"), row["report"].get("story_eval_after"))
+             for row in rows]
+    if any(after is None for _, _, after in evals):
+        return
+    first = evals[0][2]
+    print(f"\nstories for {first['n_requests']} held-out requests (sampling {first['sampling']}, seeds "
+          f"{first['seeds']}): share of requests honoured, before -> after training")
+    print("| metric | " + " | ".join(method for method, _, _ in evals) + " |")
+    print("|---|" + "---|" * len(evals))
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    for m in METRICS:
+        print(f"| {m} | " + " | ".join(f"{pct(before['mean'][m])} -> {pct(after['mean'][m])}"
+                                       for _, before, after in evals) + " |")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ import os
 import sys
 
 from minift import fast_path
+from minift.evaluate import side_by_side, table
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-# The embedded default is small and must finish in a few CPU minutes: shorter rows, fewer steps.
-TINY_DEFAULTS = dict(seq_len=256, batch_size=8, steps=60, lr=1e-3, r=16, alpha=32)
-QWEN_DEFAULTS = dict(seq_len=512, batch_size=4, steps=None, lr=None, r=16, alpha=32)
+# The embedded default is small and must finish in a few CPU minutes. seq_len None: the longest
+# pair in the model's own tokens, rounded up (minift.finetune.fit_seq_len), so no pair is cut.
+TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=120, lr=1e-3, r=16, alpha=32)
+QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32)
 
 
 def gib(n):
@@ -62,6 +64,9 @@ def main():
     ap.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     for flag, kw in fast_path.FLAGS:
         ap.add_argument(flag, **kw)
+    ap.add_argument("--story-eval", type=int, default=50,
+                    help="held-out requests whose stories are scored before and after (0: off)")
+    ap.add_argument("--story-eval-seeds", default="0", help="sampling seeds for that, comma-separated")
     a = ap.parse_args()
     if a.push_to_hub:  # checked before training, not after it
         from minift.hub import check_repo_id
@@ -92,7 +97,9 @@ def main():
         r=pick("r"), alpha=pick("alpha"), dropout=a.dropout, targets=targets, lr=pick("lr"), steps=pick("steps"),
         epochs=a.epochs, max_examples=a.max_examples, batch_size=pick("batch_size"), seq_len=pick("seq_len"),
         grad_accum=a.grad_accum, grad_ckpt=a.grad_ckpt, device=a.device, dtype=a.dtype, merged=a.merged,
-        seed=a.seed, progress=not a.no_progress, **fast_path.settings(a))
+        seed=a.seed, progress=not a.no_progress, **fast_path.settings(a),
+        story_eval=a.story_eval,
+        story_eval_seeds=tuple(int(x) for x in a.story_eval_seeds.split(",")))
     rep = finetune(cfg, model_dir=model_dir)
 
     print(f"\nbase: {rep.model_dir} ({rep.num_params:,} parameters; {rep.trainable_params:,} trained, "
@@ -104,6 +111,7 @@ def main():
     print(f"training: {rep.train_time_s:.0f} s, {rep.tokens_per_s:,.0f} tok/s (first step included)")
     print(fast_path.describe(rep.fast_path, rep.compile_line))
     print(f"\nprompt: {rep.sample_prompt}\n\n--- before ---\n{rep.sample_before}\n\n--- after ---\n{rep.sample_after}\n")
+    print_story_eval(rep)
     for what, path in rep.saved.items():
         print(f"saved {what}: {path}")
     print(f"size of what ships: {rep.saved_bytes / 1e6:.2f} MB")
@@ -125,6 +133,16 @@ def push(rep, repo_id, private) -> int:
         return 1
     print(f"uploaded the adapter and its card to https://huggingface.co/{repo_id} ({url})")
     return 0
+
+
+def print_story_eval(rep):
+    """The story evaluation beside the loss: the table, then one request's stories before and after."""
+    if rep.story_eval_after is None:
+        return
+    after = rep.story_eval_after
+    print(f"story evaluation: {after['n_requests']} held-out requests, sampling {after['sampling']}, "
+          f"seeds {after['seeds']}\n{table(rep.story_eval_before, after)}\n")
+    print(side_by_side(rep.story_eval_before, after, 1) + "\n")
 
 
 if __name__ == "__main__":

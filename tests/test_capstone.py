@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 import minift
 from minift import fairytales, lora, quant
 from minift.data import Batches, load_sft
-from minift.finetune import FinetuneConfig, finetune, resolve_base
+from minift.evaluate import METRICS
+from minift.finetune import FinetuneConfig, finetune, fit_seq_len, resolve_base
 from minift.scratch import ScratchConfig, train_from_scratch
 from minift.train import evaluate
 
@@ -55,7 +56,7 @@ def base_and_pairs(tmp_path_factory):
     fairytales.write_corpus(fairytales.generate_stories(40, seed=1), str(corpus))
     train_from_scratch(ScratchConfig(
         corpus=str(corpus), out_dir=str(root / "base"), vocab_size=1000, seq_len=128, batch_size=4, steps=15,
-        lr=3e-3, warmup=3, device="cpu", progress=False, model_overrides=SMALL))
+        lr=3e-3, warmup=3, device="cpu", progress=False, model_overrides=SMALL, request_docs=20))
     pairs = root / "pairs.jsonl"
     fairytales.write_jsonl([p.chat() for p in fairytales.generate_pairs(40, seed=0)], str(pairs))
     return str(root / "base"), str(pairs), root
@@ -66,7 +67,8 @@ def run_method(base_and_pairs, method):
     cfg = FinetuneConfig(model=base, data=pairs, out_dir=str(root / method), method=method, r=4, alpha=8,
                          dropout=0.0, lr=1e-2, steps=3, batch_size=2, seq_len=128, warmup=0,
                          val_fraction=0.2, eval_batches=2, device="cpu", dtype="float32",
-                         merged=method != "full", progress=False, sample_max_tokens=8, seed=0)
+                         merged=method != "full", progress=False, sample_max_tokens=8, seed=0,
+                         story_eval=3, story_eval_max_tokens=8)
     return cfg, finetune(cfg, model_dir=base)
 
 
@@ -125,6 +127,13 @@ def test_report(runs, method):
     # the held-out loss moves by +-0.03 nats either way, measured; tests/test_train.py pins learning.)
     assert abs(rep.eval_after["loss"] - rep.eval_before["loss"]) > 1e-3
     assert isinstance(rep.sample_before, str) and isinstance(rep.sample_after, str)
+    # the story evaluation, before and after, on the same held-out requests (minift.evaluate)
+    for story_eval in (rep.story_eval_before, rep.story_eval_after):
+        assert set(story_eval) >= {"mean", "std_over_seeds", "n_requests", "seeds", "per_request"}
+        assert story_eval["n_requests"] == 3 == len(story_eval["per_request"]) and story_eval["seeds"] == [0]
+        assert set(story_eval["mean"]) == set(METRICS)
+    assert [r["request"] for r in rep.story_eval_before["per_request"]] == \
+        [r["request"] for r in rep.story_eval_after["per_request"]]
     assert rep.sample_prompt and rep.sample_prompt in open(cfg.data, encoding="utf-8").read().replace("\\n", "\n")
     # On CPU this is the process's high-water mark above its size when finetune() started: in a
     # test process that already peaked higher it can be 0 (the script test checks it in a fresh one).
@@ -215,7 +224,7 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
     # seq-len 128: this base's BPE learned stories, not requests, so a prompt takes 70-130 tokens
     # and at 64 no held-out answer token survives (test_too_short_rows_are_a_clear_error).
     common = ["--data", pairs, "--steps", "2", "--seq-len", "128", "--batch-size", "2", "--device", "cpu",
-              "--dtype", "float32", "--no-progress"]
+              "--dtype", "float32", "--no-progress", "--story-eval", "2"]
     procs = {name: subprocess.Popen([sys.executable, SCRIPT, *extra, *common, "--out", str(tmp_path / name)],
                                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, extra in (("named", ["--model", base, "--no-compile", "--no-cuda-graph", "--adapter-math",
@@ -239,12 +248,25 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
             assert ("adapter math: fp32 (the base computes in float32 on cpu" in out
                     and "compiled layers: off on cpu" in out and "CUDA graph: off on cpu" in out)
         assert rep["fast_path"] and rep["compile_line"] is None  # nothing compiled or captured on CPU
+        assert rep["story_eval_after"]["n_requests"] == 2 and "story evaluation: 2 held-out requests" in out
         if name == "named":
             assert rep["model_dir"] == os.path.abspath(base) and "not on this machine" not in out
         else:
             assert rep["model_dir"] == os.path.join("runs", "tiny-10m")
             assert "Qwen/Qwen2.5-0.5B-Instruct is not on this machine" in out and "embedded default" in out
             assert rep["config"]["lr"] == 1e-3 and rep["config"]["r"] == 16  # the tiny model's defaults
+
+
+def test_fit_seq_len_keeps_every_pair_whole(base_and_pairs):
+    base, pairs, _ = base_and_pairs
+    tok = minift.load_tokenizer(base)
+    seq_len = fit_seq_len(pairs, tok)
+    assert seq_len % 64 == 0
+    data = load_sft(pairs, tok, seq_len, val_fraction=0.2)
+    assert data.stats.num_truncated == data.val_stats.num_truncated == 0
+    shorter = load_sft(pairs, tok, seq_len - 64, val_fraction=0.2)  # the smallest that fits: one step less cuts
+    assert shorter.stats.num_truncated + shorter.val_stats.num_truncated > 0
+    assert fit_seq_len(pairs, tok, max_examples=5) <= seq_len
 
 
 def test_too_short_rows_are_a_clear_error(base_and_pairs, tmp_path):

@@ -16,7 +16,8 @@ import torch
 import minift
 from minift import fairytales
 from minift.generate import generate_ids
-from minift.scratch import ScratchConfig, model_config, train_from_scratch
+from minift.data import read_jsonl
+from minift.scratch import ScratchConfig, model_config, request_documents, train_from_scratch
 from minift.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -35,7 +36,8 @@ def scratch_run(tmp_path_factory):
     fairytales.write_corpus(fairytales.generate_stories(40, seed=0), str(corpus))
     cfg = ScratchConfig(corpus=str(corpus), out_dir=str(root / "tiny"), vocab_size=VOCAB, seq_len=64,
                         batch_size=4, steps=STEPS, lr=3e-3, warmup=5, eval_every=10, save_every=10,
-                        val_fraction=0.1, device="cpu", seed=0, progress=False, model_overrides=SMALL)
+                        val_fraction=0.1, device="cpu", seed=0, progress=False, model_overrides=SMALL,
+                        request_docs=10)
     torch.manual_seed(123)  # the run reseeds itself; this only shows the result does not depend on it
     return cfg, train_from_scratch(cfg)
 
@@ -58,6 +60,21 @@ def test_report_and_the_loss_goes_down(scratch_run):
     assert report.num_params == sum(p.numel() for p in minift.load_pretrained(cfg.out_dir, dtype="float32",
                                                                                device="cpu").parameters())
     assert report.train_tokens > 0 and report.sample.startswith(cfg.sample_prompt)
+
+
+def test_request_documents_are_plain_text_and_not_the_fine_tuning_requests():
+    """Pre-training documents "request\nstory": no chat markup (the chat template is what
+    fine-tuning teaches), and none of them is a request of the shipped pairs file (which is what
+    the story evaluation holds out)."""
+    n = 1000
+    docs = request_documents(n, ScratchConfig().request_seed)
+    pairs = fairytales.generate_pairs(n, ScratchConfig().request_seed)
+    assert len(docs) == n and docs[0].endswith("\n" + pairs[0].output) and docs[0].startswith(pairs[0].instruction)
+    assert all("<|" not in d and "\n\n" not in d for d in docs)  # one document each for read_text's splitting
+    shipped = {c[0]["content"] for c in read_jsonl(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "data", "fairytales_pairs.jsonl")).conversations}
+    asked = {p.instruction + ("\n\n" + p.input if p.input else "") for p in pairs}
+    assert not shipped & asked
 
 
 def test_model_overrides_give_the_small_model_and_bad_keys_are_named():
