@@ -24,6 +24,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -35,6 +37,14 @@ TINY_VARIANTS = [
     dict(arch="llama", tied=False, sharded=True, n_kv=2, head_dim=32),      # explicit head_dim != hidden/heads
     dict(arch="llama", tied=False, sharded=False, n_kv=4, bias=True),       # attention_bias + mlp_bias
 ]
+
+
+def pythonpath_with(*dirs: str) -> str:
+    """PYTHONPATH for a child process: `dirs` first, then the parent's own entries, so packages
+    installed with `pip install --target DIR` + PYTHONPATH (bitsandbytes and the Qwen tokenizer
+    files on the GPU image) stay importable in the child."""
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([*dirs, *inherited])
 
 
 def variant_id(kw: dict) -> str:

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from minift import decide as D
+from conftest import pythonpath_with  # noqa: E402
 
 
 def run(**kw):
@@ -162,7 +163,7 @@ def test_dataset_measured_in_qwen25_tokens_from_the_command_line(tmp_path):
         lengths.append(len(hf.apply_chat_template(chat, tokenize=True, return_dict=False)))
     seq = sorted(lengths)[20]                                   # about half the pairs are longer
 
-    env = dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "decide.py"), "--general", "no",
                            "--dataset", str(subset), "--tokenizer", "qwen", "--laptop", "yes",
                            "--license-separate", "yes", "--seq", str(seq), "--memory", "24GB"],

@@ -18,6 +18,7 @@ import minift
 from minift import fairytales, hub, lora
 from minift.finetune import FinetuneConfig, FinetuneReport
 from minift.tokenizer import train_bpe
+from conftest import pythonpath_with  # noqa: E402
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
@@ -210,7 +211,7 @@ def tiny_base(tmp_path_factory):
 def test_lora_qwen_push_to_hub_offline(tiny_base, tmp_path):
     data = tmp_path / "fairytales_pairs.jsonl"
     fairytales.write_jsonl([p.chat() for p in fairytales.generate_pairs(20, seed=0)], str(data))
-    env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"),
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(ROOT), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"),
                OMP_NUM_THREADS="1", HF_TOKEN="hf_test")
     script = os.path.join(ROOT, "scripts", "lora_qwen.py")
     common = [sys.executable, script, "--model", tiny_base, "--data", str(data), "--steps", "1", "--batch-size", "2",

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 
 import pytest
+from conftest import pythonpath_with  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOUR = os.path.join(REPO, "docs", "tour.md")
@@ -79,7 +80,9 @@ def run(code: str, cwd: str) -> tuple[int, str, float]:
     Returns (exit code, output, CPU seconds of the child processes). CPU time rather than wall
     time: the machine may be shared, and a reader's idle machine runs it in no more wall time
     than the CPU time it takes, give or take the file reads."""
-    env = dict(os.environ, PYTHONPATH=cwd, PYTHONDONTWRITEBYTECODE="1")
+    # Two threads, as on the 2-core machine the 30 s is about: CPU time sums every thread, and on a
+    # 16-core GPU host torch's idle worker threads alone would multiply it.
+    env = dict(os.environ, PYTHONPATH=pythonpath_with(cwd), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2")
     env.pop("MINIFT_KERNELS", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The wall-clock limit only stops a hung block: on a busy shared machine a 15 s (CPU) test has
@@ -148,7 +151,7 @@ def scratch_repo(tmp_path_factory):
     subprocess.run(git + ["add", "-A"], cwd=root, check=True)
     subprocess.run(git + ["commit", "-qm", "tour"], cwd=root, check=True)
     where = subprocess.run([sys.executable, "-c", "import minift.kernels.nf4 as m; print(m.__file__)"], cwd=root,
-                           env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, check=True)
+                           env=dict(os.environ, PYTHONPATH=pythonpath_with(root)), capture_output=True, text=True, check=True)
     assert os.path.realpath(where.stdout.strip()).startswith(os.path.realpath(root))  # the copy, not REPO
     return root
 
