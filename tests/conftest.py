@@ -47,6 +47,20 @@ def pythonpath_with(*dirs: str) -> str:
     return os.pathsep.join([*dirs, *inherited])
 
 
+@pytest.fixture
+def two_cpu_threads(monkeypatch):
+    """Measure CPU memory with 2 threads, as on the 2-core laptop the CPU numbers are about.
+    torch 2.11's CPU flash attention takes scratch per thread that no tensor shows (measured on
+    the 32-core H200 host, one bf16 attention forward+backward at these shapes: 1.0 MB of peak at
+    2 threads, 8.0 MB at 32; results/h200/torch211_cpu_memory_threads.log), which the memory
+    model does not count; torch 2.13 passes at 2 and 16 threads alike."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # run_in_subprocess's child
+    yield
+    torch.set_num_threads(before)
+
+
 def variant_id(kw: dict) -> str:
     parts = [kw["arch"], "tied" if kw.get("tied", True) else "untied",
              "sharded" if kw.get("sharded") else "single", f"kv{kw.get('n_kv', 2)}"]

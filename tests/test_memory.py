@@ -151,7 +151,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("kw,method,dtype,ckpt,B,T,chunk", CASES)
-def test_peak_matches_the_cpu_allocator(kw, method, dtype, ckpt, B, T, chunk):
+def test_peak_matches_the_cpu_allocator(kw, method, dtype, ckpt, B, T, chunk, two_cpu_threads):
     """Predicted peak vs the CPU allocator's peak (every allocation and free replayed from the
     profiler; the same quantity as torch.cuda.max_memory_allocated). Tolerance: -1% .. +5%.
     Phases made of whole tensors (weights, states, saved activations, loss chunk, AdamW) are
@@ -178,7 +178,7 @@ def test_foreach_adamw_step_transient_is_exact():
     assert abs(est.total - m.peak) <= 1024                     # a few small tensors' rounding
 
 
-def test_peak_below_fresh_process_rss():
+def test_peak_below_fresh_process_rss(two_cpu_threads):
     """RSS of a fresh process (run_in_subprocess, how="rss"): what the OS sees. It includes
     malloc's bookkeeping, oneDNN scratch and thread stacks, so it reads 3-6% above the tensor
     bytes here (hidden 512, vocab 32k). Tolerance: prediction within -10% .. +2% of RSS."""

@@ -34,7 +34,7 @@ def test_known_allocations_and_frees(device):
 
 
 @pytest.mark.parametrize("case", [5, 8], ids=["ckpt-layer-backward", "optimizer-step"])
-def test_equals_the_cpu_allocator_replay(case):
+def test_equals_the_cpu_allocator_replay(case, two_cpu_threads):
     """The same two training steps measured by the profiler's allocator replay and by the
     tracker. Tolerance 64 B: allocations a C++ kernel makes and frees inside itself never reach
     the dispatcher (case 8 reads 12 B low: a reduction's scratch). Not checked here: the rows whose
