@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from minift import distributed, quant
 from minift.config import ModelConfig
+from minift.cpu_memory import release_freed_memory
 from minift.device import pick_device, resolve_dtype
 from minift.kernels import nf4
 from minift.model import RotaryEmbedding, Transformer
@@ -188,6 +189,11 @@ def load_pretrained(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "a
     cfg.name_or_path = os.fspath(path_or_id)
     dev = pick_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cpu":
+        # Each tensor's read buffer is freed once it is on its way; glibc would keep those frees
+        # resident (its mmap threshold grows with every large free), so a streamed NF4 load could
+        # hold the float model's bytes after all. minift/cpu_memory.py says why and how.
+        release_freed_memory()
 
     # Steps 1 and 2: headers and names/shapes only; an error here has allocated nothing.
     found = _read_headers(directory)                                   # name -> (file, header entry)
