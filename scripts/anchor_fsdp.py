@@ -1,4 +1,4 @@
-# Copied from the project's shared/tools/fsdp_anchor.py (only --help added) (the issue-13 anchor), so the GPU
+# Copied from the project's shared/tools/fsdp_anchor.py (only its argument parsing changed) (the issue-13 anchor), so the GPU
 # benchmark (scripts/bench_distributed.py) finds it inside the repository.
 """Anchor for scale-out: HF Qwen2 full fine-tuning sharded with PyTorch's FSDP2 (fully_shard), the
 torchtune-style recipe: fp32 sharded master weights, bf16 compute, fp32 gradient reduction, torch AdamW
@@ -6,7 +6,7 @@ torchtune-style recipe: fp32 sharded master weights, bf16 compute, fp32 gradient
 
     torchrun --nproc-per-node 2 fsdp_anchor.py 7B      # prints one JSON line from rank 0
 """
-import json, os, sys, time
+import argparse, json, os, sys, time
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
@@ -18,10 +18,9 @@ SIZES = {"0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers
                     num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False)}
 
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        return
-    size = sys.argv[1]; B, T, steps = 4, 1024, 6
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("size", choices=sorted(SIZES))
+    size = ap.parse_args().size; B, T, steps = 4, 1024, 6
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

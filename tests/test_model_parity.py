@@ -233,4 +233,7 @@ def test_compiled_layers_match_eager_with_lora():
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
     for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
         if a.requires_grad:
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+            # A reordered fp32 sum errs relative to the size of its terms, not of its (possibly
+            # cancelled) result: near-zero elements get an absolute bound of 1e-5 of the largest.
+            scale = float(b.grad.abs().max())
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
