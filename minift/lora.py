@@ -42,6 +42,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from minift import advice, safeio
 from minift.quant import Linear4bit
@@ -151,14 +152,28 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)  # (..., out)
         if self.merged:
             return y  # B@A*scaling is already inside W
-        if self.compute_dtype is None:
-            a = self.lora_A.weight
-            update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))  # (..., r) -> (..., out)
-        else:
-            cd = self.compute_dtype  # autocast's casts, written out: the fp32 weights stay the parameters
-            xa = F.linear(self.lora_dropout(x.to(cd)), self.lora_A.weight.to(cd))     # (..., r)
-            update = F.linear(xa, self.lora_B.weight.to(cd))                          # (..., out)
+        # autocast's casts written out when compute_dtype is set: the fp32 weights stay the parameters
+        cd = self.compute_dtype or self.lora_A.weight.dtype
+        xa = self._dropped_down(x, cd)                                                # (..., r)
+        update = F.linear(xa, self.lora_B.weight.to(cd))                              # (..., out)
         return (y + update * self.scaling).to(y.dtype)
+
+    def _dropped_down(self, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+        """lora_A(dropout(x)) in dtype cd, shape (..., r).
+
+        Note (dropout without a copy): autograd would keep each adapter's own dropped copy of x
+        (and its mask) for lora_A's weight gradient: seven projections x every layer, 1.2 GB on
+        Qwen2.5-0.5B at 2 x 512 in fp32, most of the gap between a CPU LoRA job and its memory
+        estimate. Recomputing the dropout in backward (torch.utils.checkpoint restores the RNG
+        state, so the mask and the RNG stream are those of the plain path, bit for bit) keeps only
+        x, which q/k/v (and gate/up) share. Off the CPU/MPS path the plain dropout stays: CUDA
+        graph capture cannot read the RNG state that checkpointing stashes, and the CUDA fast
+        path's compiled layers were measured with it."""
+        def down(t: torch.Tensor) -> torch.Tensor:
+            return F.linear(self.lora_dropout(t.to(cd)), self.lora_A.weight.to(cd))
+        recompute = (self.training and isinstance(self.lora_dropout, nn.Dropout) and torch.is_grad_enabled()
+                     and x.device.type != "cuda")
+        return checkpoint(down, x, use_reentrant=False) if recompute else down(x)
 
     def delta_weight(self) -> torch.Tensor:
         """(B @ A) * scaling in fp32, shape (out, in): what merging adds to W."""
