@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minift import advice, safeio
-from minift.quant import Linear4bit
+from minift.quant import Linear4bit, replace_module
 
 logger = logging.getLogger(__name__)
 
@@ -293,11 +293,9 @@ def add_lora(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        wrapped = LoRALinear(getattr(parent, leaf), r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
+        wrapped = LoRALinear(model.get_submodule(name), r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
                              init=init, adapter_dtype=adapter_dtype, compute_dtype=compute_dtype)
-        setattr(parent, leaf, wrapped)
+        replace_module(model, name, wrapped)
     for module in model.modules():
         if isinstance(module, LoRALinear):
             module.lora_A.weight.requires_grad_(True)
@@ -439,8 +437,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
             if not layer.merged:
                 base.weight.copy_((base.weight.float() + layer.delta_weight()).to(base.weight.dtype))
             plain = base
-        parent_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), leaf, plain)
+        replace_module(model, name, plain)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
