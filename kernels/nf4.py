@@ -32,6 +32,9 @@ the CUDA kernel. The edges, each pinned against the installed bnb in tests/test_
     (0 * 1e38 = 0). bnb's CUDA kernel computes 0 * (1/0) = NaN, which its decision tree sends to
     code 0 (the value -1.0). Both dequantize to zero (-1.0 * 0 = -0.0 == 0.0); only the bytes
     differ. We follow the CPU one: its byte says what it means, and it is the one we can test.
+    The same holds one level down: a nested 8-bit block whose values are all zero (a tensor of
+    a single 4-bit block, whose absmax minus its own mean is 0) is code 0 from bnb's CUDA kernel
+    and the code of 0.0 from us and from bnb's CPU backends; both decode to the offset.
   * A short last block: bnb's default backend *divides* w / absmax there (a full block and the
     CUDA kernel multiply by the reciprocal; so do we). The two can round one ulp apart, which
     moves a code only when the value sits within one ulp of a midpoint. For an all-zero short

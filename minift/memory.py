@@ -168,7 +168,8 @@ def _linear(saved, name, in_name, in_bytes_per_elem, n, d_in, d_out, s, *, x_gra
     return x_grad or base_trains or adapted
 
 
-def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, triton=False) -> _Layer:
+def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, triton=False,
+           math_attention=False) -> _Layer:
     h, f = cfg.hidden_size, cfg.intermediate_size
     qd, kd = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     trains = method in TRAIN_BASE
@@ -189,11 +190,21 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
         # SDPA on CUDA bf16 runs flash attention (on CPU its flash-for-cpu twin), which keeps its
         # inputs q, k, v (after RoPE; k and v NOT repeated to all heads: enable_gqa), its output,
         # and the fp32 log-sum-exp per (batch, head, query). No T x T matrix.
-        saved["attn.q"] = s * n * qd
-        saved["attn.k"] = s * n * kd
-        saved["attn.v"] = s * n * kd
-        saved["attn.out"] = s * n * qd
-        saved["attn.lse"] = 4 * B * cfg.num_attention_heads * T
+        if math_attention:
+            # fp32 with grouped k/v on CUDA: flash attention takes only fp16/bf16 and PyTorch's
+            # memory-efficient kernel no GQA, so SDPA's math path runs: it repeats k and v to
+            # every head, scales q and k, and keeps those three and the (B, heads, T, T) softmax.
+            saved["attn.q"] = s * n * qd
+            saved["attn.k"] = s * n * qd
+            saved["attn.v"] = s * n * qd
+            saved["attn.probs"] = s * B * cfg.num_attention_heads * T * T
+            saved["attn.out"] = s * n * qd
+        else:
+            saved["attn.q"] = s * n * qd
+            saved["attn.k"] = s * n * kd
+            saved["attn.v"] = s * n * kd
+            saved["attn.out"] = s * n * qd
+            saved["attn.lse"] = 4 * B * cfg.num_attention_heads * T
     o_grad = _linear(saved, "o_proj", "attn.out", s, d_in=qd, d_out=h, x_grad=attn_grad,
                      adapted="o_proj" in targets, **lin)
     mid_grad = x_grad or o_grad            # x_mid = x + o_proj(...): the add saves nothing
@@ -584,8 +595,10 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
 
     # ------------------------------------------------------------------ activations
     layers, x_grad = [], method in TRAIN_BASE
+    math_attention = device == "cuda" and s == 4 and cfg.num_key_value_heads != cfg.num_attention_heads
     for i in range(L):
-        lay = _layer(cfg, n, batch, seq, s, ac, method, targets, lora_r, x_grad, i == 0, cpu, triton)
+        lay = _layer(cfg, n, batch, seq, s, ac, method, targets, lora_r, x_grad, i == 0, cpu, triton,
+                     math_attention)
         layers.append(lay)
         x_grad = lay.out_grad
     mid = layers[min(1, L - 1)]

@@ -37,6 +37,7 @@ class ScratchConfig:
     out_dir: str = "runs/tiny-10m"
     preset: str = "tiny-10m"
     vocab_size: int = 8192
+    split: str = "words"           # where the BPE may cut Korean before merging (minift.tokenizer.SPLITS)
     seq_len: int = 256             # rows; the context (max_position_embeddings, >= 1024) holds any pair
     batch_size: int = 8
     steps: int = 500               # ~10 minutes on a 2-core CPU (~1,800 tok/s measured idle)
@@ -117,8 +118,8 @@ def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     docs = read_text(cfg.corpus) + request_documents(cfg.request_docs, cfg.request_seed)
-    logger.info("training a %d-token byte-level BPE on %d documents", cfg.vocab_size, len(docs))
-    tok = train_bpe(docs, cfg.vocab_size)
+    logger.info("training a %d-token byte-level BPE (split: %s) on %d documents", cfg.vocab_size, cfg.split, len(docs))
+    tok = train_bpe(docs, cfg.vocab_size, split=cfg.split)
     model_cfg = model_config(cfg, tok)
     data = pretrain_rows(docs, tok, cfg.seq_len, val_fraction=cfg.val_fraction, seed=cfg.seed)
     plan = fast_path.decide(device, torch.float32, method="scratch", one_shape=len({len(r) for r in data.train}) == 1,
