@@ -155,14 +155,19 @@ def prepare(model: nn.Module) -> str | None:
                 if p.requires_grad:
                     dist.broadcast(p.data, src=0)
         return strategy
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    # The mesh on the model's own device type: left to itself FSDP2 takes CUDA whenever CUDA is
+    # present, and a gloo run on CPU tensors on a GPU machine would ask for a GPU per rank.
+    device_type = next(model.parameters()).device.type
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     # One group per decoder layer: its gather and reduce overlap the neighbouring layers' compute.
     # The root group (embedding, final norm, head) is gathered at the start of forward and kept
     # until backward is done with the head (FSDP2 does not reshard the root after forward).
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers if layers is not None else []:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return strategy
 
 
