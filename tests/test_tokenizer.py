@@ -165,6 +165,30 @@ def test_train_bpe_validates():
         train_bpe(CORPUS, vocab_size=400, chat_template=LLAMA3_TEMPLATE)
 
 
+@pytest.mark.parametrize("split", ["particles", "syllables"])
+def test_train_bpe_split_keeps_a_name_one_token_run(split, tmp_path):
+    # The request says 고양이와, the story 고양이는 / 고양이가: with the split the name is the same
+    # ids in each (before particles or syllables may merge into one token with "words").
+    texts = ["고양이는 웃었어요. 고양이가 달렸어요. 고양이와 돼지가 놀았어요. 돼지는 잤어요."] * 20 + CORPUS
+    tok = train_bpe(texts, vocab_size=420, split=split)
+    name = tok.encode(" 고양이")
+    for text in (" 고양이는 웃었어요", " 고양이가 달렸어요", " 고양이와 돼지가"):
+        ids = tok.encode(text)
+        assert ids[:len(name)] == name, (split, text, [tok.decode([i]) for i in ids])
+        assert tok.decode(ids) == text
+    for text in CORPUS[:5] + ["처음 보는 문장: 까치와 구렁이, 그리고 🐯!", "ß∑漢字 and English"]:
+        text = unicodedata.normalize("NFC", text)
+        assert tok.decode(tok.encode(text)) == text
+    # the split travels in tokenizer.json: loaded again (and by transformers) it encodes the same
+    tok.save(str(tmp_path))
+    assert load_tokenizer(str(tmp_path)).encode(" 고양이는 웃었어요") == tok.encode(" 고양이는 웃었어요")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    assert hf.encode(" 고양이는 웃었어요") == tok.encode(" 고양이는 웃었어요")
+    with pytest.raises(ValueError, match="split"):
+        train_bpe(texts, vocab_size=420, split="morphemes")
+
+
 def test_save_load_round_trip(small_tok, tmp_path):
     small_tok.save(str(tmp_path))
     again = load_tokenizer(str(tmp_path))
