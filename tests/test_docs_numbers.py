@@ -1,0 +1,801 @@
+"""The measured numbers in docs/ checked against the files the scripts wrote (issue 15).
+
+Every table of numbers in docs/memory.md, speed.md, cpu.md and distributed.md carries a marker on
+the line right above it, and so does every paragraph whose measured numbers are checked:
+
+    <!-- numbers: results/cpu/bench_generate_float32.json results/cpu/bench_generate_bfloat16.json -->
+    <!-- numbers in the text below: results/h200/bench_fast.json -->
+    <!-- numbers: none (why) -->          a table of predictions or formulas, not of measurements
+
+Each marker pairs with one entry of CHECKS below (same doc, same kind, same sources; markers that
+share all three pair with the entries in the order both appear). An entry says how each of its
+table's cells comes out of the sources: the row is found by its leading cells (the row key), each
+column is one JSON value formatted with the rounding the table shows. A paragraph's entry lists
+phrases, each with its numbers formatted from the sources, that must appear in it word for word.
+A number edited in a doc, or a script re-run that writes another number, fails here until the two
+agree again; the files under results/ are the truth. Only markdown, JSON, the text profiles and
+the literal tables of minift/memory.py (read with ast, nothing imported) are read.
+"""
+from __future__ import annotations
+
+import ast
+import datetime
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("docs/memory.md", "docs/speed.md", "docs/cpu.md", "docs/distributed.md")
+MARKER = re.compile(r"<!-- numbers( in the text below)?: (.+?) -->")
+
+
+# ---- reading the sources -----------------------------------------------------------------------
+
+@functools.cache
+def load(path: str):
+    """A source file: JSON parsed, a text profile as its text, a .py file as its literal tables."""
+    text = (ROOT / path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        return json.loads(text)
+    if path.endswith(".py"):   # the module's top-level NAME = <literal> assignments, without importing it
+        return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(text).body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id.isupper() and _is_literal(node.value)}
+    return text
+
+
+def _is_literal(node) -> bool:
+    try:
+        ast.literal_eval(node)
+        return True
+    except (ValueError, TypeError, SyntaxError):
+        return False
+
+
+def pick(rows: list[dict], **fields) -> dict:
+    """The one row of a JSON list whose fields have these values."""
+    found = [r for r in rows if all(r.get(k) == v for k, v in fields.items())]
+    assert len(found) == 1, f"{len(found)} rows with {fields} (expected exactly one)"
+    return found[0]
+
+
+# ---- the roundings the docs show ---------------------------------------------------------------
+
+def gb(nbytes) -> str:              # GB = 10^9 bytes, two decimals
+    return f"{nbytes / 1e9:.2f}"
+
+
+def gib(nbytes) -> str:             # GiB = 2^30 bytes, two decimals
+    return f"{nbytes / 2 ** 30:.2f}"
+
+
+def tps(x) -> str:                  # tokens per second, whole, with thousands commas: 125,716
+    return f"{x:,.0f}"
+
+
+def pct(fraction, digits=1) -> str:
+    return f"{100 * fraction:.{digits}f}%"
+
+
+def times(ratio) -> str:            # a speed ratio: 2.07x
+    return f"{ratio:.2f}x"
+
+
+def sci(x) -> str:                  # one significant digit, exponent as the docs write it: 6e-8
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def span(values, spec: str) -> str:
+    """'lo-hi' of values in format spec, or one value where both ends read the same."""
+    lo, hi = format(min(values), spec), format(max(values), spec)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def hbm(row) -> float:
+    """A kernel's bandwidth as a fraction of the H200's 4.3 TB/s (scripts/check_kernels.py's
+    HBM_BYTES_PER_S), from its GB/s: the JSON's own of_4.3TBps is rounded to 0.001 first."""
+    return row["GBps"] * 1e9 / 4.3e12
+
+
+def size_of(model: str) -> str:     # "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b", "0.5b" -> "0.5B"
+    return re.search(r"(?:^|-)(\d+(?:\.\d+)?)[bB]\b", model).group(1) + "B"
+
+
+def seed_total(memory_py: dict, method: str, size: str) -> str:
+    """The seed chapter's GB for a method and size (its tables as minift/memory.py holds them)."""
+    table = {"full": "SEED_FULL", "lora": "SEED_LORA", "qlora": "SEED_QLORA"}[method]
+    parts = memory_py[table].get(size)
+    return "-" if parts is None else f"{parts[-1]:g}"
+
+
+@dataclass(frozen=True)
+class Prose:
+    """A cell of words around numbers: it starts with `starts` and contains each of `contains`."""
+    starts: str
+    contains: tuple[str, ...] = ()
+
+    def matches(self, cell: str) -> bool:
+        return cell.startswith(self.starts) and all(c in cell for c in self.contains)
+
+
+# ---- what each marked table and paragraph must say ---------------------------------------------
+
+@dataclass
+class Table:
+    name: str
+    doc: str
+    sources: tuple[str, ...]
+    key_columns: int            # how many leading cells name a row
+    expected: Callable          # (*loaded sources) -> {row key: {column header: str | Prose}}
+    not_from_sources: dict[str, str] = field(default_factory=dict)   # column -> why it is not checked
+    kind = "table"
+
+
+@dataclass
+class Text:
+    name: str
+    doc: str
+    sources: tuple[str, ...]
+    expected: Callable          # (*loaded sources) -> [phrase that must appear in the paragraph]
+    kind = "text"
+
+
+# docs/memory.md
+
+def whole_job_intro(j7):
+    qlora7 = pick(j7["from_disk"], model="qwen2.5-7b", method="qlora")
+    return [f"although its step needs {gb(qlora7['predicted'])} GB"]
+
+
+def whole_job(j7, j72):
+    def minift(r, seed_note=""):
+        return {"seed's table": f"{r['target_GB']:g}{seed_note}", "predicted": gb(r["predicted"]),
+                "measured whole job": f"**{gb(r['measured'])}**", "error": f"{r['error_pct']:+.1f}%",
+                "peak phase": r["measured_peak_phase"], "load time": f"{r['load_s']:.1f} s"}
+    qlora7 = pick(j7["from_disk"], model="qwen2.5-7b", method="qlora", load="nf4-stream", batch=4)
+    anchor = pick(j7["from_disk"], anchor="transformers+bitsandbytes+peft")
+    return {
+        ("7B", "QLoRA, bf16 checkpoint quantized while it loads", "4x1024"): minift(qlora7),
+        ("7B", "QLoRA, transformers + bitsandbytes + peft (anchor)", "4x1024"): {
+            "seed's table": f"{qlora7['target_GB']:g}", "predicted": "-", "measured whole job": gb(anchor["peak"]),
+            "error": "-", "load time": f"{anchor['load_s']:.1f} s"},
+        ("7B", "LoRA, bf16", "4x1024"):
+            minift(pick(j7["from_disk"], model="qwen2.5-7b", method="lora", load="float", batch=4)),
+        ("14B", "QLoRA, quantized while it loads", "4x1024"):
+            minift(pick(j7["from_disk"], model="qwen2.5-14b", method="qlora", load="nf4-stream", batch=4), " (13B)"),
+        ("72B", "QLoRA, a pre-quantized bnb-4bit checkpoint (41 GB)", "4x1024"):
+            minift(pick(j72["from_disk"], model="qwen2.5-72b", load="nf4-prequantized", batch=4), " (70B)"),
+        ("72B", "QLoRA, the same", "1x1024"):
+            minift(pick(j72["from_disk"], model="qwen2.5-72b", load="nf4-prequantized", batch=1), " (QLoRA paper)"),
+    }
+
+
+def whole_job_after(j7):
+    qlora7 = pick(j7["from_disk"], model="qwen2.5-7b", method="qlora")
+    anchor = pick(j7["from_disk"], anchor="transformers+bitsandbytes+peft")
+    return [f"(7B: {gb(qlora7['predicted_phases']['load'])} predicted, {gb(qlora7['measured_phases']['load'])} "
+            f"measured; it is not the peak)",
+            f"({qlora7['load_s']:.1f} s vs {anchor['load_s']:.1f} s for 7B"]
+
+
+def grid_row(r) -> dict:
+    return {"predicted": gb(r["predicted"]), "measured": gb(r["measured"]), "error": f"{r['error_pct']:+.2f}%",
+            "peak phase": r["peak_phase"]}
+
+
+def memory_grid(grid, memory_py):
+    rows = {}
+    for r in grid["rows"]:
+        key = (size_of(r["model"]), r["method"], f"{r['batch']}x{r['seq']}", "on" if r["grad_ckpt"] else "off")
+        # the chapter's tables are at batch 4 x 1024
+        seed = seed_total(memory_py, r["method"], key[0]) if key[2] == "4x1024" else "-"
+        rows[key] = {"seed chapter": seed, **grid_row(r)}
+    return rows
+
+
+def memory_grid_after(grid):
+    errors = [r["error_pct"] for r in grid["rows"]]
+    largest = max(errors, key=abs)
+    return [f"{len(errors)} rows, every one within {max(map(abs, errors)):.1f}% "
+            f"(mean |error| {sum(map(abs, errors)) / len(errors):.1f}%)",
+            f"the largest error is {largest:+.2f}%"]
+
+
+def memory_quick(quick):
+    def method(r):
+        return r["method"] + (", bf16 adapter math" if r["lora_compute_dtype"] == "bfloat16" else "")
+    return {(size_of(r["model"]), method(r), "on" if r["grad_ckpt"] else "off"): grid_row(r)
+            for r in quick["rows"]}
+
+
+def memory_quick_after(grid, quick):
+    errors = [abs(r["error_pct"]) for r in quick["rows"]]
+    before = pick(grid["rows"], model="Qwen/Qwen2.5-0.5B-Instruct", method="lora", batch=4, grad_ckpt=True)
+    after = pick(quick["rows"], model="Qwen/Qwen2.5-0.5B-Instruct", method="lora", grad_ckpt=True,
+                 lora_compute_dtype=None)
+    lora7 = pick(grid["rows"], model="Qwen/Qwen2.5-7B-Instruct", method="lora", grad_ckpt=True)
+    lora7_bf16 = pick(quick["rows"], model="Qwen/Qwen2.5-7B-Instruct", method="lora", grad_ckpt=True)
+    return [f"{len(errors)} rows, mean |error| {sum(errors) / len(errors):.2f}%, max {max(errors):.2f}%",
+            f"by {(before['measured'] - after['measured']) / 1e9:.3f} GB measured and by "
+            f"{(before['predicted'] - after['predicted']) / 1e9:.3f} GB predicted ({gb(before['measured'])} -> "
+            f"{gb(after['measured'])}, {gb(before['predicted'])} -> {gb(after['predicted'])})",
+            f"(7B LoRA: {gb(lora7['measured'])} -> {gb(lora7_bf16['measured'])} GB measured)"]
+
+
+# docs/speed.md
+
+METHOD = {"lora": "LoRA", "qlora": "QLoRA"}
+
+
+def issue11(row11, fast):
+    r = row11["results"][0]
+    ours, anchor = r["minift"], r["anchors"][0]
+    before = pick(fast["results"], size="7b", method="qlora")["minift"]
+    return [f"minift **{gb(ours['peak_bytes'])} GB** at {tps(ours['tok_per_s'])} tok/s (MFU {pct(r['minift_mfu'])}), "
+            f"the anchor {gb(anchor['peak_bytes'])} GB at {tps(anchor['tok_per_s'])} tok/s: "
+            f"{times(r['speed_ratio'])} the speed at {times(r['memory_ratio'])} the memory",
+            f"and {gb(before['peak_bytes'])} GB before"]
+
+
+def speed_fast(run1, run2):
+    rows = {}
+    for run, result in ((1, run1), (2, run2)):
+        for r in result["results"]:
+            plain, autocast = r["anchor"], r["anchor_autocast"]
+            rows[(size_of(r["size"]), METHOD[r["method"]], str(run))] = {
+                "minift peak GB": gb(r["minift"]["peak_bytes"]),
+                "anchor peak GB (plain / autocast)": f"{gb(plain['peak_bytes'])} / {gb(autocast['peak_bytes'])}",
+                "minift tok/s": tps(r["minift"]["tok_per_s"]),
+                "anchor tok/s (plain / autocast)": f"{tps(plain['tok_per_s'])} / {tps(autocast['tok_per_s'])}",
+                "speed": times(r["speed_ratio"]), "minift MFU": pct(r["minift_mfu"])}
+    return rows
+
+
+def speed_fast_after(run1, run2, no_graph):
+    q7 = [pick(run["results"], size="7b", method="qlora") for run in (run1, run2)]
+    ours = no_graph["results"][0]["minift"]
+    return [f"freshly started H200 machines on {run1['stamp'][:10]} and {run2['stamp'][:10]}",
+            f"{span([r['minift']['tok_per_s'] / r['anchor']['tok_per_s'] for r in q7], '.2f')}x the anchor as "
+            f"`shared/anchors.md` defines it",
+            f"only {span([r['speed_ratio'] for r in q7], '.2f')}x the same stack under autocast",
+            f"({tps(q7[0]['minift']['tok_per_s'])} / {tps(q7[1]['minift']['tok_per_s'])} tok/s)",
+            f"ran {tps(ours['tok_per_s'])} tok/s at {gb(ours['peak_bytes'])} GB"]
+
+
+PROFILE_HEAD = re.compile(r"wall ([\d.]+) ms/step, GPU busy ([\d.]+) ms \((\d+)%\)")
+
+
+def speed_profile(compiled05, graph05, compiled7, bf16_7):
+    """The first line of each scripts/profile_step.py output; the table's words are read off its kernel lists."""
+    rows = {}
+    for key, text in (("0.5B LoRA, compiled layers, fp32 adapters", compiled05),
+                      ("the same as one CUDA graph", graph05),
+                      ("7B QLoRA, compiled layers, fp32 adapters", compiled7),
+                      ("7B QLoRA, bf16 adapters", bf16_7)):
+        wall, busy, share = PROFILE_HEAD.search(text).groups()
+        rows[(key,)] = {"wall ms": wall, "GPU busy ms": f"{busy} ({share}%)"}
+    return rows
+
+
+def speed_profile_after(run2, graph_fp32, old_loss):
+    step = {r["size"]: r["minift"]["step_s"] for r in run2["results"]}
+    g, o = graph_fp32["results"][0], old_loss["results"][0]
+    return [f"the 0.5B step takes {1000 * step['0.5b']:.0f} ms and the 7B QLoRA step {1000 * step['7b']:.0f} ms",
+            f"{tps(g['minift']['tok_per_s'])} vs {tps(g['anchor']['tok_per_s'])} tok/s ({times(g['speed_ratio'])}",
+            f"{tps(o['minift']['tok_per_s'])} vs {tps(o['anchor']['tok_per_s'])} / "
+            f"{tps(o['anchor_autocast']['tok_per_s'])} tok/s ({times(o['speed_ratio'])}"]
+
+
+def speed_lora(lora):
+    return {(size_of(r["size"]), METHOD[r["method"]]): {
+        "minift peak GB": gb(r["minift"]["peak_bytes"]), "anchor peak GB": gb(r["anchor"]["peak_bytes"]),
+        "minift tok/s": tps(r["minift"]["tok_per_s"]), "anchor tok/s": tps(r["anchor"]["tok_per_s"]),
+        "speed": times(r["speed_ratio"]), "minift MFU": pct(r["minift_mfu"])} for r in lora["results"]}
+
+
+LEAN_FULL = "full (bf16 + fp32 m, v)"
+LEAN_ROWS = {  # row key -> (which run, size, method, mode)
+    ("0.5B", "LoRA", "lean"): ("lean05", "0.5b", "lora", "lean"),
+    ("0.5B", "LoRA", "lean+compile"): ("lean05", "0.5b", "lora", "lean+compile"),
+    ("0.5B", "LoRA", "lean+compile+graph"): ("lean-graph", "0.5b", "lora", "lean+compile+graph"),
+    ("0.5B", LEAN_FULL, "lean"): ("lean05", "0.5b", "full", "lean"),
+    ("0.5B", LEAN_FULL, "lean+compile"): ("lean-graph", "0.5b", "full", "lean+compile"),
+    ("0.5B", LEAN_FULL, "lean+compile+graph"): ("lean-graph", "0.5b", "full", "lean+compile+graph"),
+    ("7B", "LoRA", "lean"): ("lean", "7b", "lora", "lean"),
+    ("7B", "QLoRA", "lean"): ("lean", "7b", "qlora", "lean"),
+}
+
+
+def lean_results(lean05, lean_graph, lean) -> dict:
+    runs = {"lean05": lean05, "lean-graph": lean_graph, "lean": lean}
+    return {key: pick(runs[run]["results"], size=size, method=method, mode=mode)
+            for key, (run, size, method, mode) in LEAN_ROWS.items()}
+
+
+def speed_lean(lean05, lean_graph, lean, memory_py):
+    return {key: {
+        "minift peak GB": gb(r["minift"]["peak_bytes"]), "seed chapter GB": seed_total(memory_py, r["method"], key[0]),
+        "anchor peak GB": gb(r["anchor"]["peak_bytes"]), "minift tok/s": tps(r["minift"]["tok_per_s"]),
+        "anchor tok/s": tps(r["anchor"]["tok_per_s"]), "speed": times(r["speed_ratio"]),
+        "minift MFU": pct(r["minift_mfu"])} for key, r in lean_results(lean05, lean_graph, lean).items()}
+
+
+def speed_lean_after(lean05, lean_graph, lean, memory_py):
+    rows = lean_results(lean05, lean_graph, lean)
+
+    def peak(key, chapter=""):
+        r = rows[key]
+        return f"{gb(r['minift']['peak_bytes'])} GB ({chapter}{seed_total(memory_py, r['method'], key[0])})"
+    earlier = {m: pick(lean["results"], size="0.5b", method=m, mode="lean") for m in ("full", "lora")}
+    full_anchor = [pick(run["results"], size="0.5b", method="full", mode=mode)["anchor"]["tok_per_s"]
+                   for run, mode in ((lean, "lean"), (lean05, "lean"), (lean_graph, "lean+compile"),
+                                     (lean_graph, "lean+compile+graph"))]
+    return [f"0.5B LoRA {peak(('0.5B', 'LoRA', 'lean'), 'chapter ')}, 0.5B full SFT "
+            f"{peak(('0.5B', LEAN_FULL, 'lean'))}, 7B LoRA {peak(('7B', 'LoRA', 'lean'))}, "
+            f"7B QLoRA {peak(('7B', 'QLoRA', 'lean'))}",
+            f"(0.5B full: {times(earlier['full']['speed_ratio'])} in the earlier run, "
+            f"{times(rows[('0.5B', LEAN_FULL, 'lean')]['speed_ratio'])} here; 0.5B LoRA: "
+            f"{times(earlier['lora']['speed_ratio'])} earlier, {times(rows[('0.5B', 'LoRA', 'lean')]['speed_ratio'])} here)",
+            f"(0.5B full with checkpointing: {' / '.join(map(tps, full_anchor))} tok/s in four runs"]
+
+
+def kernels_intro(kernels):
+    return [f"a 2 GiB device copy ran at {kernels['meta']['copy_GBps']:,} GB/s"]
+
+
+def speed_rows(rows: list[dict], dtype: str) -> list[dict]:
+    """check_kernels.py's timing rows of one dtype: each follows the accuracy rows of its dtype."""
+    out, current = [], None
+    for r in rows:
+        if r["kind"] == "accuracy":
+            current = r["dtype"]
+        elif current == dtype:
+            out.append(r)
+    return out
+
+
+def speed_kernels(kernels, xent, recheck):
+    def timed(rows, op, shape, impl):
+        return pick(rows, kind="speed", op=op, shape=shape, impl=impl)
+
+    def nf4(shape, impl):
+        return timed(kernels["rows"], "nf4 dequantize", shape, impl)
+
+    def share(*rows):
+        return span([100 * hbm(r) for r in rows], ".0f") + "%"
+
+    def fwd_bwd(rows, op, shape, impl):
+        return [timed(rows, f"{op} {d}", shape, impl) for d in ("fwd", "bwd")]
+
+    def us_pair(pair):
+        return " / ".join(f"{r['us']:.0f}" for r in pair) + " us"
+    bf16 = speed_rows(kernels["rows"], "bfloat16")
+    swiglu = {impl: fwd_bwd(bf16, "swiglu", "4096 x 18944", impl) for impl in ("triton", "torch reference")}
+    rms = {impl: fwd_bwd(bf16, "rmsnorm", "4096 x 3584", impl) for impl in ("triton", "torch reference")}
+    softmax = {impl: [timed(run["rows"], "softmax xent part", f"1024 x {h} -> V 151936", impl)
+                      for run in (xent, recheck) for h in (896, 3584)] for impl in ("triton", "torch reference")}
+
+    def ce(h, impl):
+        return timed(xent["rows"], "linear+CE fwd+bwd", f"4096 x {h} -> V 151936", impl)
+
+    def ce_cell(what, r):
+        return f"{what} {r['us'] / 1000:.1f} ms, +{r['peak_extra_GiB']:.2f} GiB"
+    big, big_dq, small_dq = "18944 x 3584 dq=False", "18944 x 3584 dq=True", "4864 x 896 dq=True"
+    return {
+        ("NF4 dequantize, bf16 out", "18944 x 3584 (7B MLP)"): {
+            "Triton": f"{nf4(big, 'triton')['us']:.1f} us, {nf4(big, 'triton')['GBps']:,} GB/s "
+                      f"({share(nf4(big, 'triton'))} of 4.3 TB/s)",
+            "torch reference": f"{nf4(big, 'torch reference')['us']:.1f} us ({share(nf4(big, 'torch reference'))})",
+            "bitsandbytes": f"{nf4(big, 'bitsandbytes')['us']:.1f} us ({share(nf4(big, 'bitsandbytes'))})"},
+        ("NF4 dequantize + double quant", "18944 x 3584"): {
+            "Triton": f"{nf4(big_dq, 'triton')['us']:.1f} us, {nf4(big_dq, 'triton')['GBps']:,} GB/s "
+                      f"({share(nf4(big_dq, 'triton'))})",
+            "torch reference": f"{nf4(big_dq, 'torch reference')['us']:.1f} us ({share(nf4(big_dq, 'torch reference'))})",
+            "bitsandbytes": f"{nf4(big_dq, 'bitsandbytes')['us']:.1f} us ({share(nf4(big_dq, 'bitsandbytes'))})"},
+        ("NF4 dequantize + double quant", "4864 x 896 (0.5B MLP)"): {
+            "Triton": f"{nf4(small_dq, 'triton')['us']:.1f} us ({share(nf4(small_dq, 'triton'))}, launch-bound)",
+            "torch reference": f"{nf4(small_dq, 'torch reference')['us']:.1f} us",
+            "bitsandbytes": f"{nf4(small_dq, 'bitsandbytes')['us']:.1f} us"},
+        ("SwiGLU fwd / bwd, bf16", "4096 x 18944"): {
+            "Triton": f"{us_pair(swiglu['triton'])} ({share(*swiglu['triton'])})",
+            "torch reference": us_pair(swiglu["torch reference"])},
+        ("RMSNorm fwd / bwd, bf16", "4096 x 3584"): {
+            "Triton": us_pair(rms["triton"]), "torch reference": us_pair(rms["torch reference"])},
+        ("softmax cross-entropy + its gradient (after the head matmul), bf16 logits", "1024 x 151,936"): {
+            "Triton": f"{span([r['us'] for r in softmax['triton']], ',.0f')} us, "
+                      f"{span([r['GBps'] for r in softmax['triton']], ',.0f')} GB/s ({share(*softmax['triton'])})",
+            "torch reference": f"{span([r['us'] for r in softmax['torch reference']], ',.0f')} us "
+                               f"({share(*softmax['torch reference'])})"},
+        ("linear + CE fwd+bwd, V=151,936", "4096 x 3584"): {
+            "Triton": ce_cell("fused, Triton softmax", ce(3584, "fused (grad in fwd)")),
+            "torch reference": ce_cell("chunked", ce(3584, "chunked reference"))},
+        ("linear + CE fwd+bwd, V=151,936", "4096 x 896"): {
+            "Triton": ce_cell("fused, Triton softmax", ce(896, "fused (grad in fwd)")),
+            "torch reference": ce_cell("chunked", ce(896, "chunked reference"))},
+    }
+
+
+def kernels_after(xent, kernels):
+    def worst(what):
+        return max(r["kernel_rel_err"] for r in xent["rows"] if r["kind"] == "accuracy" and r["what"] == what)
+    before = pick(kernels["rows"], kind="speed", op="linear+CE fwd+bwd", shape="4096 x 3584 -> V 151936",
+                  impl="fused (grad in fwd)")
+    return [f"its loss agrees with float64 to {sci(worst('loss'))} and its gradient to {sci(worst('dlogits'))}",
+            f"took {before['us'] / 1000:.1f} ms and +{before['peak_extra_GiB']:.2f} GiB at the 7B width"]
+
+
+# docs/cpu.md
+
+def train_tiny(report):
+    val = report["eval_history"][-1]
+    return [f"the `tiny-10m` model ({report['num_params']:,} parameters",
+            f"{report['steps']} steps of 8 x 256 tokens ({report['tokens_seen'] / 1e6:.2f}M tokens",
+            f"in {report['train_time_s'] / 60:.1f} minutes at {tps(report['tokens_per_s'])} tok/s: training loss "
+            f"{report['first_loss']:.2f} -> {report['last_loss']:.2f}, **validation loss {val['loss']:.3f} "
+            f"(perplexity {val['perplexity']:.1f})**"]
+
+
+def capstone(report):
+    return [f"({report['trainable_params']:,} trained parameters, "
+            f"{pct(report['trainable_params'] / report['num_params'])})",
+            f"the adapter ships as {report['saved_bytes'] / 1e6:.2f} MB",
+            f"The script prints the predicted peak ({gib(report['predicted_peak_bytes'])} GiB",
+            f"({gib(report['measured_peak_bytes'])} GiB in a rerun here: {report['train_time_s']:.0f} s, loss "
+            f"{report['eval_before']['loss']:.3f} -> {report['eval_after']['loss']:.3f})"]
+
+
+COMPARE_LABEL = {"full": "full SFT", "lora": "LoRA", "qlora": "QLoRA"}
+
+
+def compare_intro(compare):
+    configs = [row["report"]["config"] for row in compare]
+    lrs = {c["lr"] for c in configs}
+    assert len(lrs) == 1, f"the methods ran at different learning rates {lrs}: the text says one"
+    c = configs[0]
+    return [f"{c['max_examples']} pairs, {c['steps']} steps x {c['batch_size']} x {c['seq_len']} each, "
+            f"all three at lr {sci(lrs.pop())}"]
+
+
+def compare_methods(compare):
+    """The columns scripts/compare_methods.py prints, with the same roundings."""
+    return {(f"{COMPARE_LABEL[row['method']]} (lr {sci(row['report']['config']['lr'])})",): {
+        "trained params": f"{rep['trainable_params']:,}",
+        "held-out loss before -> after": f"{rep['eval_before']['loss']:.3f} -> {rep['eval_after']['loss']:.3f}",
+        "peak RSS above start": f"{gib(rep['measured_peak_bytes'])} GiB",
+        "train time": f"{rep['train_time_s']:.0f} s", "saved size": f"{rep['saved_bytes'] / 1e6:.1f} MB"}
+        for row in compare for rep in [row["report"]]}
+
+
+def bench_tiny(cpu, h200, h200_graph):
+    return [f"{tps(cpu['minift_tok_s'])} vs {tps(cpu['plain_tok_s'])} tok/s ({times(cpu['ratio'])})",
+            f"minift's loop as it is {tps(h200['minift_tok_s'])} vs {tps(h200['plain_tok_s'])} tok/s "
+            f"({times(h200['ratio'])}; MFU {pct(h200['minift_mfu'])} vs {pct(h200['plain_mfu'])})",
+            f"{tps(h200_graph['minift_tok_s'])} vs {tps(h200_graph['plain_tok_s'])} ({times(h200_graph['ratio'])}; "
+            f"MFU {pct(h200_graph['minift_mfu'])} vs {pct(h200_graph['plain_mfu'])})"]
+
+
+def decode_setup(f32, bf16):
+    for run in (f32, bf16):
+        assert (run["prompt_len"], run["new_tokens"], run["runs"]) == (f32["prompt_len"], f32["new_tokens"], f32["runs"])
+    return [f"{f32['prompt_len']}-token prompt, {f32['new_tokens']} new tokens, greedy, median of {f32['runs']}"]
+
+
+def decode_row(run) -> dict:
+    """One row of scripts/bench_generate.py's result: three sides' tok/s, ratios, token ids."""
+    same = run["ids_match"] and run["ids_match_f_linear"]
+    differ = not run["ids_match"] and not run["ids_match_f_linear"]
+    ids = Prose("yes") if same else Prose("no", (f"from new token {run['first_diff']}",)) if differ else Prose("?")
+    speed = run["tok_per_s"]
+    return {"transformers `generate`": f"{speed['transformers']:.1f} tok/s",
+            "minift `generate`": f"{speed['minift']:.1f} tok/s", "ratio": times(run["ratio_minift_over_hf"]),
+            "minift, F.linear": f"{speed['minift_f_linear']:.1f} tok/s ({times(run['ratio_minift_f_linear_over_hf'])})",
+            "same token ids": ids}
+
+
+def decode(f32, bf16):
+    return {(run["dtype"],): decode_row(run) for run in (f32, bf16)}
+
+
+def decode_move_intro(before, after):
+    return [f"({after['date']}, same machine type, {span([before['runs'], after['runs']], 'd')} runs each"]
+
+
+def decode_move(before, after):
+    return {("kernel in model.py (before the move)",): decode_row(before),
+            ("DecodeLinear swapped in by generate (now)",): decode_row(after)}
+
+
+def fp32_readings(matvec, field_name):
+    """One column of bench_matvec.py's fp32 rows on q/o, gate/up and the head, as 'a / b / c'."""
+    return " / ".join(f"{pick(matvec['rows'], shape=shape, dtype='float32')[field_name]:.1f}"
+                      for shape in ("q/o 896x896", "gate/up 4864x896", "head 151936x896"))
+
+
+def decode_move_after(before, after, f32, matvec_now, matvec_then):
+    assert matvec_now["date"] == after["date"], "the text says the matvec run was the same day as the decode runs"
+    days = (datetime.date.fromisoformat(matvec_now["date"]) - datetime.date.fromisoformat(matvec_then["date"])).days
+    return [f"({times(after['ratio_minift_over_hf'])} vs {times(before['ratio_minift_over_hf'])}",
+            f"did not keep the {times(f32['ratio_minift_over_hf'])} of {f32['date']}",
+            f"the same day reads the compiled kernel itself at {fp32_readings(matvec_now, 'matvec')} GB/s on q/o, "
+            f"gate/up and the head ({fp32_readings(matvec_then, 'matvec')} "
+            f"{'the day' if days == 1 else f'{days} days'} before) while F.linear reads "
+            f"{fp32_readings(matvec_now, 'f_linear')} ({fp32_readings(matvec_then, 'f_linear')}) and `W.sum()` "
+            f"{fp32_readings(matvec_now, 'w_sum')} ({fp32_readings(matvec_then, 'w_sum')})"]
+
+
+def matvec_intro(matvec):
+    return [f"({matvec['date']}, the same machine, `results/cpu/bench_matvec.json`)"]
+
+
+def matvec(m):
+    rows = {}
+    for n, shape in enumerate(("q/o 896x896", "k/v 128x896", "gate/up 4864x896", "down 896x4864", "head 151936x896")):
+        f32, b16 = (pick(m["rows"], shape=shape, dtype=d) for d in ("float32", "bfloat16"))
+        unit = " GB/s" if n == 0 else ""   # the first row names the unit
+        rows[(shape.replace("x", " x "),)] = {
+            "fp32 F.linear": f"{f32['f_linear']:.1f}{unit}", "fp32 matvec": f"{f32['matvec']:.1f}",
+            "bf16 F.linear": f"{b16['f_linear']:.1f}", "bf16 matvec": f"{b16['matvec']:.1f}",
+            "`W.sum()` (fp32 / bf16)": f"{f32['w_sum']:.1f} / {b16['w_sum']:.1f}"}
+    return rows
+
+
+def matvec_after(matvec_then, matvec_now):
+    down = [pick(m["rows"], shape="down 896x4864", dtype="bfloat16") for m in (matvec_then, matvec_now)]
+    return [f"({span([r['matvec'] for r in down], '.0f')} vs {span([r['f_linear'] for r in down], '.0f')} GB/s "
+            f"over two runs)"]
+
+
+def warmup(f32, bf16):
+    def ms_per_token(run, side):
+        return 1000 / run["tok_per_s"][side]
+
+    def break_even(run):   # new tokens after which the kernels' build time is paid back
+        w = run["warmup_s"]
+        return (w["minift"] - w["minift_f_linear"]) / (ms_per_token(run, "minift_f_linear")
+                                                        - ms_per_token(run, "minift")) * 1000
+    w32, w16 = f32["warmup_s"], bf16["warmup_s"]
+    return [f"minift's first 8-token call {w32['minift']:.1f} s vs {w32['minift_f_linear']:.1f} s with F.linear in "
+            f"fp32, {w16['minift']:.1f} vs {w16['minift_f_linear']:.1f} s in bf16",
+            f"({ms_per_token(f32, 'minift'):.0f} vs {ms_per_token(f32, 'minift_f_linear'):.0f} ms a token in fp32, "
+            f"{ms_per_token(bf16, 'minift'):.0f} vs {ms_per_token(bf16, 'minift_f_linear'):.0f} ms in bf16)",
+            f"back after about {round(break_even(f32), -1):.0f} new tokens in fp32 and "
+            f"{round(break_even(bf16), -1):.0f} in bf16"]
+
+
+# docs/distributed.md
+
+DIST_LABEL = {"7b-full": "7B full", "0.5b-lora": "0.5B LoRA, fast", "0.5b-full": "0.5B full", "14b-full": "14B full"}
+
+
+def distributed(bench):
+    rows = {}
+    for row in bench["rows"]:
+        ours, anchors = row["minift"], row.get("anchor", {})
+        for world, m in ours.items():
+            a = anchors.get(world)
+            scaled = world == "2" and "1" in ours   # 2 GPUs beside 1 in the same run: the scaling
+            rows[(DIST_LABEL[row["row"]], world)] = {
+                "minift tok/s": tps(m["tok_per_s"])
+                + (f" ({times(m['tok_per_s'] / ours['1']['tok_per_s'])})" if scaled else ""),
+                "per-GPU peak GB (predicted)": f"{gb(m['peak_bytes'])} ({gb(m['predicted_bytes'])})",
+                "MFU per GPU": pct(m["mfu_per_gpu"]),
+                "anchor tok/s": "-" if a is None else tps(a["tok_per_s_total"])
+                + (f" ({times(a['tok_per_s_total'] / anchors['1']['tok_per_s_total'])})" if scaled and "1" in anchors
+                   else ""),
+                "anchor peak GB": "-" if a is None else f"{a['max_per_gpu_peak_GB']:.2f}"}
+    return rows
+
+
+def distributed_after(bench, memory_py):
+    full7 = pick(bench["rows"], row="7b-full")
+    full05 = pick(bench["rows"], row="0.5b-full")["minift"]
+    return [f"7B full SFT fits two GPUs at {full7['minift']['2']['peak_bytes'] / 1e9:.0f} GB each (the seed's "
+            f"{seed_total(memory_py, 'full', '7B')} GB halved",
+            f"{times(full7['minift']['2']['tok_per_s'] / full7['anchor']['2']['tok_per_s_total'])} the anchor's speed",
+            f"({times(full05['2']['tok_per_s'] / full05['1']['tok_per_s'])} on 2 GPUs"]
+
+
+H200, CPU, MEMORY_PY = "results/h200/", "results/cpu/", "minift/memory.py"
+CHECKS = [
+    Text("whole job intro", "docs/memory.md", (H200 + "whole_job_7b_14b.json",), whole_job_intro),
+    Table("whole job", "docs/memory.md", (H200 + "whole_job_7b_14b.json", H200 + "whole_job_72b.json"), 3, whole_job),
+    Text("whole job, after", "docs/memory.md", (H200 + "whole_job_7b_14b.json",), whole_job_after),
+    Table("step grid", "docs/memory.md", (H200 + "memory_check.json", MEMORY_PY), 4, memory_grid),
+    Text("step grid, after", "docs/memory.md", (H200 + "memory_check.json",), memory_grid_after),
+    Table("quick grid", "docs/memory.md", (H200 + "memory_check_quick.json",), 3, memory_quick),
+    Text("quick grid, after", "docs/memory.md", (H200 + "memory_check.json", H200 + "memory_check_quick.json"),
+         memory_quick_after),
+    Text("7B QLoRA issue 11", "docs/speed.md", (H200 + "bench_7b_qlora_fast_issue11.json", H200 + "bench_fast.json"),
+         issue11),
+    Table("fast", "docs/speed.md", (H200 + "bench_fast.json", H200 + "bench_fast_run2.json"), 3, speed_fast),
+    Text("fast, after", "docs/speed.md", (H200 + "bench_fast.json", H200 + "bench_fast_run2.json",
+                                          H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
+    Table("profiles", "docs/speed.md", tuple(H200 + f"profile_{name}.txt" for name in (
+        "0.5b_lora_fast-compile", "0.5b_lora_fast-compile-graph", "7b_qlora_fast-compile",
+        "7b_qlora_fast-compile_bf16")), 1, speed_profile,
+        not_from_sources={"what the profile said": "read by hand off each profile's kernel list (sums, '~')",
+                          "next": "what was built next: words ('bf16' is a dtype, not a measurement)"}),
+    Text("profiles, after", "docs/speed.md", (H200 + "bench_fast_run2.json",
+                                              H200 + "bench_0.5b_lora_fast-compile-graph_fp32.json",
+                                              H200 + "bench_7b_qlora_fast-compile_bf16_old_loss.json"),
+         speed_profile_after),
+    Table("peft's numerics", "docs/speed.md", (H200 + "bench_lora.json",), 2, speed_lora),
+    Table("lean", "docs/speed.md", (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json",
+                                    H200 + "bench_lean.json", MEMORY_PY), 3, speed_lean),
+    Text("lean, after", "docs/speed.md", (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json",
+                                          H200 + "bench_lean.json", MEMORY_PY), speed_lean_after),
+    Text("kernels intro", "docs/speed.md", (H200 + "check_kernels.json",), kernels_intro),
+    Table("kernels", "docs/speed.md", (H200 + "check_kernels.json", H200 + "check_kernels_xent.json",
+                                       H200 + "check_kernels_xent_recheck.json"), 2, speed_kernels),
+    Text("kernels, after", "docs/speed.md", (H200 + "check_kernels_xent.json", H200 + "check_kernels.json"),
+         kernels_after),
+    Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
+    Text("capstone default", "docs/cpu.md", (CPU + "lora_qwen_default_report.json",), capstone),
+    Text("chapter's exercise, intro", "docs/cpu.md", (CPU + "compare_methods.json",), compare_intro),
+    Table("chapter's exercise", "docs/cpu.md", (CPU + "compare_methods.json",), 1, compare_methods),
+    Text("training loop overhead", "docs/cpu.md", (CPU + "bench_tiny_cpu.json", H200 + "bench_tiny_h200.json",
+                                                   H200 + "bench_tiny_h200_graph.json"), bench_tiny),
+    Text("decoding setup", "docs/cpu.md", (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json"),
+         decode_setup),
+    Table("decoding", "docs/cpu.md", (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json"), 1,
+          decode),
+    Text("decode kernel moved, intro", "docs/cpu.md", (CPU + "decode_move_check/before_move_kernel_in_model.json",
+                                                       CPU + "decode_move_check/after_move_generate_swap.json"),
+         decode_move_intro),
+    Table("decode kernel moved", "docs/cpu.md", (CPU + "decode_move_check/before_move_kernel_in_model.json",
+                                                 CPU + "decode_move_check/after_move_generate_swap.json"), 1,
+          decode_move),
+    Text("decode kernel moved, after", "docs/cpu.md", (
+        CPU + "decode_move_check/before_move_kernel_in_model.json", CPU + "decode_move_check/after_move_generate_swap.json",
+        CPU + "bench_generate_float32.json", CPU + "decode_move_check/bench_matvec.json", CPU + "bench_matvec.json"),
+         decode_move_after),
+    Text("matvec intro", "docs/cpu.md", (CPU + "bench_matvec.json",), matvec_intro),
+    Table("matvec", "docs/cpu.md", (CPU + "bench_matvec.json",), 1, matvec),
+    Text("matvec, after", "docs/cpu.md", (CPU + "bench_matvec.json", CPU + "decode_move_check/bench_matvec.json"),
+         matvec_after),
+    Text("kernel warm-up", "docs/cpu.md", (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json"),
+         warmup),
+    Table("two H200s", "docs/distributed.md", (H200 + "bench_distributed_x2.json",), 2, distributed),
+    Text("two H200s, after", "docs/distributed.md", (H200 + "bench_distributed_x2.json", MEMORY_PY),
+         distributed_after),
+]
+
+
+# ---- reading the docs --------------------------------------------------------------------------
+
+@dataclass
+class Block:
+    """A table or a paragraph of a doc, with the marker on the line above it (if any)."""
+    doc: str
+    line: int                   # 1-based, its first line
+    lines: list[str]
+    marker: tuple[str, str] | None = None   # (kind: "table" | "text", what follows "numbers:")
+
+    @property
+    def is_table(self) -> bool:
+        return self.lines[0].startswith("|")
+
+    def cells(self) -> tuple[list[str], list[tuple[int, list[str]]]]:
+        """The header's cells and each row's (line number, cells); the separator line skipped."""
+        def split(line):
+            return [c.strip() for c in line.strip().strip("|").split("|")]
+        return split(self.lines[0]), [(self.line + i, split(l)) for i, l in enumerate(self.lines) if i >= 2]
+
+    def has_numbers(self) -> bool:
+        return self.is_table and any(re.search(r"\d", c) for _, row in self.cells()[1] for c in row)
+
+
+@functools.cache
+def blocks(doc: str) -> tuple[Block, ...]:
+    out, lines, i = [], (ROOT / doc).read_text(encoding="utf-8").splitlines(), 0
+    while i < len(lines):
+        if MARKER.fullmatch(lines[i].strip()):
+            assert i + 1 < len(lines) and lines[i + 1].strip() and not MARKER.fullmatch(lines[i + 1].strip()), \
+                f"{doc}:{i + 1}: a numbers marker belongs on the line right above its table or paragraph"
+            i += 1
+            continue
+        if not lines[i].strip():
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].strip() and not MARKER.fullmatch(lines[j].strip()):
+            j += 1
+        block = Block(doc, i + 1, lines[i:j])
+        above = MARKER.fullmatch(lines[i - 1].strip()) if i else None
+        if above:
+            block.marker = ("text" if above.group(1) else "table", above.group(2).strip())
+        assert all(l.startswith("|") for l in block.lines) or not any(l.startswith("|") for l in block.lines), \
+            f"{doc}:{i + 1}: a table and text in one block: leave a blank line between them"
+        out.append(block)
+        i = j
+    return tuple(out)
+
+
+def marked(doc: str) -> list[Block]:
+    return [b for b in blocks(doc) if b.marker]
+
+
+def block_of(check) -> Block:
+    """The block whose marker names this check's kind and sources (the n-th such block for the
+    n-th such check, where several share them)."""
+    def key(kind, doc, sources):
+        return kind, doc, " ".join(sources)
+    same = [c for c in CHECKS if key(c.kind, c.doc, c.sources) == key(check.kind, check.doc, check.sources)]
+    found = [b for b in marked(check.doc) if b.marker == (check.kind, " ".join(check.sources))]
+    assert len(found) == len(same), (f"{check.doc}: {len(found)} markers '<!-- numbers"
+                                     f"{' in the text below' if check.kind == 'text' else ''}: "
+                                     f"{' '.join(check.sources)} -->' for {len(same)} checks")
+    return found[same.index(check)]
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+def test_every_table_of_numbers_has_a_marker():
+    unmarked = [f"{b.doc}:{b.line}: {b.lines[0][:80]}" for doc in DOCS for b in blocks(doc)
+                if b.has_numbers() and b.marker is None]
+    assert not unmarked, "tables of numbers without '<!-- numbers: SOURCES -->' above them:\n" + "\n".join(unmarked)
+
+
+def test_every_marker_names_files_that_exist_or_says_why_not():
+    problems = []
+    for doc in DOCS:
+        for b in marked(doc):
+            kind, what = b.marker
+            if kind == "table" and not b.is_table:
+                problems.append(f"{doc}:{b.line - 1}: a table's marker above text (text: 'numbers in the text below')")
+            if kind == "text" and b.is_table:
+                problems.append(f"{doc}:{b.line - 1}: a text marker above a table")
+            if re.fullmatch(r"(none|unchecked) \(.+\)", what):
+                continue
+            problems += [f"{doc}:{b.line - 1}: {path} does not exist" for path in what.split()
+                         if not (ROOT / path).is_file()]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_marker_has_its_check_and_every_check_its_marker():
+    named = sorted((d, *b.marker) for d in DOCS for b in marked(d) if not re.match(r"(none|unchecked) \(", b.marker[1]))
+    checked = sorted((c.doc, c.kind, " ".join(c.sources)) for c in CHECKS)
+    assert named == checked, ("markers without a check in CHECKS: " + repr([m for m in named if m not in checked])
+                              + "\nchecks without a marker: " + repr([c for c in checked if c not in named]))
+
+
+@pytest.mark.parametrize("table", [c for c in CHECKS if c.kind == "table"], ids=lambda c: f"{c.doc}: {c.name}")
+def test_table_numbers_match_their_sources(table: Table):
+    block = block_of(table)
+    header, rows = block.cells()
+    expected = table.expected(*map(load, table.sources))
+    problems, seen = [], []
+    for line, cells in rows:
+        key = tuple(cells[:table.key_columns])
+        where = f"{table.doc}:{line} {' | '.join(key)}"
+        if key not in expected:
+            problems.append(f"{where}: no such row in {', '.join(table.sources)} (rows: {list(expected)})")
+            continue
+        seen.append(key)
+        want = expected[key]
+        problems += [f"{where}: no column '{col}' in the doc" for col in want if col not in header]
+        for col, cell in zip(header[table.key_columns:], cells[table.key_columns:]):
+            if col in table.not_from_sources:
+                continue
+            if col not in want:
+                if re.search(r"\d", cell):
+                    problems.append(f"{where} / {col}: '{cell}' has a number no source gives")
+            elif not (want[col].matches(cell) if isinstance(want[col], Prose) else cell == want[col]):
+                problems.append(f"{where} / {col}: the doc says '{cell}', the sources give {want[col]!r}")
+    problems += [f"{table.doc}: row {key} of the sources is missing from the table" for key in expected
+                 if key not in seen]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("text", [c for c in CHECKS if c.kind == "text"], ids=lambda c: f"{c.doc}: {c.name}")
+def test_text_numbers_match_their_sources(text: Text):
+    block = block_of(text)
+    paragraph = re.sub(r"\s+", " ", " ".join(block.lines))
+    missing = [p for p in text.expected(*map(load, text.sources)) if p not in paragraph]
+    assert not missing, (f"{text.doc}:{block.line}: the paragraph does not say, word for word (from "
+                         f"{', '.join(text.sources)}):\n" + "\n".join(missing))
