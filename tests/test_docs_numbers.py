@@ -340,7 +340,8 @@ def speed_lean_after(lean05, lean_graph, lean, memory_py):
             f"7B QLoRA {peak(('7B', 'QLoRA', 'lean'))}",
             f"(0.5B full: {times(earlier['full']['speed_ratio'])} in the earlier run, "
             f"{times(rows[('0.5B', LEAN_FULL, 'lean')]['speed_ratio'])} here; 0.5B LoRA: "
-            f"{times(earlier['lora']['speed_ratio'])} earlier, {times(rows[('0.5B', 'LoRA', 'lean')]['speed_ratio'])} here)",
+            f"{times(earlier['lora']['speed_ratio'])} earlier, "
+            f"{times(rows[('0.5B', 'LoRA', 'lean')]['speed_ratio'])} here)",
             f"(0.5B full with checkpointing: {' / '.join(map(tps, full_anchor))} tok/s in four runs"]
 
 
@@ -395,7 +396,8 @@ def speed_kernels(kernels, xent, recheck):
         ("NF4 dequantize + double quant", "18944 x 3584"): {
             "Triton": f"{nf4(big_dq, 'triton')['us']:.1f} us, {nf4(big_dq, 'triton')['GBps']:,} GB/s "
                       f"({share(nf4(big_dq, 'triton'))})",
-            "torch reference": f"{nf4(big_dq, 'torch reference')['us']:.1f} us ({share(nf4(big_dq, 'torch reference'))})",
+            "torch reference":
+                f"{nf4(big_dq, 'torch reference')['us']:.1f} us ({share(nf4(big_dq, 'torch reference'))})",
             "bitsandbytes": f"{nf4(big_dq, 'bitsandbytes')['us']:.1f} us ({share(nf4(big_dq, 'bitsandbytes'))})"},
         ("NF4 dequantize + double quant", "4864 x 896 (0.5B MLP)"): {
             "Triton": f"{nf4(small_dq, 'triton')['us']:.1f} us ({share(nf4(small_dq, 'triton'))}, launch-bound)",
@@ -480,8 +482,9 @@ def bench_tiny(cpu, h200, h200_graph):
 
 
 def decode_setup(f32, bf16):
-    for run in (f32, bf16):
-        assert (run["prompt_len"], run["new_tokens"], run["runs"]) == (f32["prompt_len"], f32["new_tokens"], f32["runs"])
+    def setup(run):
+        return run["prompt_len"], run["new_tokens"], run["runs"]
+    assert setup(f32) == setup(bf16), "the text gives one setup for both dtypes"
     return [f"{f32['prompt_len']}-token prompt, {f32['new_tokens']} new tokens, greedy, median of {f32['runs']}"]
 
 
@@ -601,68 +604,58 @@ def distributed_after(bench, memory_py):
 
 
 H200, CPU, MEMORY_PY = "results/h200/", "results/cpu/", "minift/memory.py"
-CHECKS = [
-    Text("whole job intro", "docs/memory.md", (H200 + "whole_job_7b_14b.json",), whole_job_intro),
-    Table("whole job", "docs/memory.md", (H200 + "whole_job_7b_14b.json", H200 + "whole_job_72b.json"), 3, whole_job),
-    Text("whole job, after", "docs/memory.md", (H200 + "whole_job_7b_14b.json",), whole_job_after),
-    Table("step grid", "docs/memory.md", (H200 + "memory_check.json", MEMORY_PY), 4, memory_grid),
-    Text("step grid, after", "docs/memory.md", (H200 + "memory_check.json",), memory_grid_after),
-    Table("quick grid", "docs/memory.md", (H200 + "memory_check_quick.json",), 3, memory_quick),
-    Text("quick grid, after", "docs/memory.md", (H200 + "memory_check.json", H200 + "memory_check_quick.json"),
-         memory_quick_after),
-    Text("7B QLoRA issue 11", "docs/speed.md", (H200 + "bench_7b_qlora_fast_issue11.json", H200 + "bench_fast.json"),
-         issue11),
-    Table("fast", "docs/speed.md", (H200 + "bench_fast.json", H200 + "bench_fast_run2.json"), 3, speed_fast),
-    Text("fast, after", "docs/speed.md", (H200 + "bench_fast.json", H200 + "bench_fast_run2.json",
-                                          H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
-    Table("profiles", "docs/speed.md", tuple(H200 + f"profile_{name}.txt" for name in (
-        "0.5b_lora_fast-compile", "0.5b_lora_fast-compile-graph", "7b_qlora_fast-compile",
-        "7b_qlora_fast-compile_bf16")), 1, speed_profile,
-        not_from_sources={"what the profile said": "read by hand off each profile's kernel list (sums, '~')",
-                          "next": "what was built next: words ('bf16' is a dtype, not a measurement)"}),
-    Text("profiles, after", "docs/speed.md", (H200 + "bench_fast_run2.json",
-                                              H200 + "bench_0.5b_lora_fast-compile-graph_fp32.json",
+WHOLE_JOB_7B = H200 + "whole_job_7b_14b.json"
+GRID, QUICK = H200 + "memory_check.json", H200 + "memory_check_quick.json"
+FAST = (H200 + "bench_fast.json", H200 + "bench_fast_run2.json")
+LEAN = (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json", H200 + "bench_lean.json", MEMORY_PY)
+KERNELS, XENT = H200 + "check_kernels.json", H200 + "check_kernels_xent.json"
+DECODE = (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json")
+MOVE = (CPU + "decode_move_check/before_move_kernel_in_model.json",
+        CPU + "decode_move_check/after_move_generate_swap.json")
+MATVEC, MATVEC_NOW = CPU + "bench_matvec.json", CPU + "decode_move_check/bench_matvec.json"
+DISTRIBUTED = H200 + "bench_distributed_x2.json"
+PROFILES = tuple(H200 + f"profile_{row}.txt" for row in ("0.5b_lora_fast-compile", "0.5b_lora_fast-compile-graph",
+                                                        "7b_qlora_fast-compile", "7b_qlora_fast-compile_bf16"))
+CHECKS = [   # in the order of the docs
+    Text("whole job intro", "docs/memory.md", (WHOLE_JOB_7B,), whole_job_intro),
+    Table("whole job", "docs/memory.md", (WHOLE_JOB_7B, H200 + "whole_job_72b.json"), 3, whole_job),
+    Text("whole job, after", "docs/memory.md", (WHOLE_JOB_7B,), whole_job_after),
+    Table("step grid", "docs/memory.md", (GRID, MEMORY_PY), 4, memory_grid),
+    Text("step grid, after", "docs/memory.md", (GRID,), memory_grid_after),
+    Table("quick grid", "docs/memory.md", (QUICK,), 3, memory_quick),
+    Text("quick grid, after", "docs/memory.md", (GRID, QUICK), memory_quick_after),
+    Text("7B QLoRA issue 11", "docs/speed.md", (H200 + "bench_7b_qlora_fast_issue11.json", FAST[0]), issue11),
+    Table("fast", "docs/speed.md", FAST, 3, speed_fast),
+    Text("fast, after", "docs/speed.md", (*FAST, H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
+    Table("profiles", "docs/speed.md", PROFILES, 1, speed_profile,
+          not_from_sources={"what the profile said": "read by hand off each profile's kernel list (sums, '~')",
+                            "next": "what was built next: words ('bf16' is a dtype, not a measurement)"}),
+    Text("profiles, after", "docs/speed.md", (FAST[1], H200 + "bench_0.5b_lora_fast-compile-graph_fp32.json",
                                               H200 + "bench_7b_qlora_fast-compile_bf16_old_loss.json"),
          speed_profile_after),
     Table("peft's numerics", "docs/speed.md", (H200 + "bench_lora.json",), 2, speed_lora),
-    Table("lean", "docs/speed.md", (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json",
-                                    H200 + "bench_lean.json", MEMORY_PY), 3, speed_lean),
-    Text("lean, after", "docs/speed.md", (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json",
-                                          H200 + "bench_lean.json", MEMORY_PY), speed_lean_after),
-    Text("kernels intro", "docs/speed.md", (H200 + "check_kernels.json",), kernels_intro),
-    Table("kernels", "docs/speed.md", (H200 + "check_kernels.json", H200 + "check_kernels_xent.json",
-                                       H200 + "check_kernels_xent_recheck.json"), 2, speed_kernels),
-    Text("kernels, after", "docs/speed.md", (H200 + "check_kernels_xent.json", H200 + "check_kernels.json"),
-         kernels_after),
+    Table("lean", "docs/speed.md", LEAN, 3, speed_lean),
+    Text("lean, after", "docs/speed.md", LEAN, speed_lean_after),
+    Text("kernels intro", "docs/speed.md", (KERNELS,), kernels_intro),
+    Table("kernels", "docs/speed.md", (KERNELS, XENT, H200 + "check_kernels_xent_recheck.json"), 2, speed_kernels),
+    Text("kernels, after", "docs/speed.md", (XENT, KERNELS), kernels_after),
     Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
     Text("capstone default", "docs/cpu.md", (CPU + "lora_qwen_default_report.json",), capstone),
     Text("chapter's exercise, intro", "docs/cpu.md", (CPU + "compare_methods.json",), compare_intro),
     Table("chapter's exercise", "docs/cpu.md", (CPU + "compare_methods.json",), 1, compare_methods),
-    Text("training loop overhead", "docs/cpu.md", (CPU + "bench_tiny_cpu.json", H200 + "bench_tiny_h200.json",
-                                                   H200 + "bench_tiny_h200_graph.json"), bench_tiny),
-    Text("decoding setup", "docs/cpu.md", (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json"),
-         decode_setup),
-    Table("decoding", "docs/cpu.md", (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json"), 1,
-          decode),
-    Text("decode kernel moved, intro", "docs/cpu.md", (CPU + "decode_move_check/before_move_kernel_in_model.json",
-                                                       CPU + "decode_move_check/after_move_generate_swap.json"),
-         decode_move_intro),
-    Table("decode kernel moved", "docs/cpu.md", (CPU + "decode_move_check/before_move_kernel_in_model.json",
-                                                 CPU + "decode_move_check/after_move_generate_swap.json"), 1,
-          decode_move),
-    Text("decode kernel moved, after", "docs/cpu.md", (
-        CPU + "decode_move_check/before_move_kernel_in_model.json", CPU + "decode_move_check/after_move_generate_swap.json",
-        CPU + "bench_generate_float32.json", CPU + "decode_move_check/bench_matvec.json", CPU + "bench_matvec.json"),
-         decode_move_after),
-    Text("matvec intro", "docs/cpu.md", (CPU + "bench_matvec.json",), matvec_intro),
-    Table("matvec", "docs/cpu.md", (CPU + "bench_matvec.json",), 1, matvec),
-    Text("matvec, after", "docs/cpu.md", (CPU + "bench_matvec.json", CPU + "decode_move_check/bench_matvec.json"),
-         matvec_after),
-    Text("kernel warm-up", "docs/cpu.md", (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json"),
-         warmup),
-    Table("two H200s", "docs/distributed.md", (H200 + "bench_distributed_x2.json",), 2, distributed),
-    Text("two H200s, after", "docs/distributed.md", (H200 + "bench_distributed_x2.json", MEMORY_PY),
-         distributed_after),
+    Text("training loop overhead", "docs/cpu.md",
+         (CPU + "bench_tiny_cpu.json", H200 + "bench_tiny_h200.json", H200 + "bench_tiny_h200_graph.json"), bench_tiny),
+    Text("decoding setup", "docs/cpu.md", DECODE, decode_setup),
+    Table("decoding", "docs/cpu.md", DECODE, 1, decode),
+    Text("decode kernel moved, intro", "docs/cpu.md", MOVE, decode_move_intro),
+    Table("decode kernel moved", "docs/cpu.md", MOVE, 1, decode_move),
+    Text("decode kernel moved, after", "docs/cpu.md", (*MOVE, DECODE[0], MATVEC_NOW, MATVEC), decode_move_after),
+    Text("matvec intro", "docs/cpu.md", (MATVEC,), matvec_intro),
+    Table("matvec", "docs/cpu.md", (MATVEC,), 1, matvec),
+    Text("matvec, after", "docs/cpu.md", (MATVEC, MATVEC_NOW), matvec_after),
+    Text("kernel warm-up", "docs/cpu.md", DECODE, warmup),
+    Table("two H200s", "docs/distributed.md", (DISTRIBUTED,), 2, distributed),
+    Text("two H200s, after", "docs/distributed.md", (DISTRIBUTED, MEMORY_PY), distributed_after),
 ]
 
 
