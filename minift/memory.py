@@ -190,20 +190,17 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
         # SDPA on CUDA bf16 runs flash attention (on CPU its flash-for-cpu twin), which keeps its
         # inputs q, k, v (after RoPE; k and v NOT repeated to all heads: enable_gqa), its output,
         # and the fp32 log-sum-exp per (batch, head, query). No T x T matrix.
+        # Except fp32 with grouped k/v on CUDA: flash attention takes only fp16/bf16 and PyTorch's
+        # memory-efficient kernel no GQA, so SDPA's math path runs: it repeats k and v to every
+        # head (scaled q, k) and keeps those and the (B, heads, T, T) softmax instead of the lse.
+        kv = qd if math_attention else kd
+        saved["attn.q"] = s * n * qd
+        saved["attn.k"] = s * n * kv
+        saved["attn.v"] = s * n * kv
+        saved["attn.out"] = s * n * qd
         if math_attention:
-            # fp32 with grouped k/v on CUDA: flash attention takes only fp16/bf16 and PyTorch's
-            # memory-efficient kernel no GQA, so SDPA's math path runs: it repeats k and v to
-            # every head, scales q and k, and keeps those three and the (B, heads, T, T) softmax.
-            saved["attn.q"] = s * n * qd
-            saved["attn.k"] = s * n * qd
-            saved["attn.v"] = s * n * qd
             saved["attn.probs"] = s * B * cfg.num_attention_heads * T * T
-            saved["attn.out"] = s * n * qd
         else:
-            saved["attn.q"] = s * n * qd
-            saved["attn.k"] = s * n * kd
-            saved["attn.v"] = s * n * kd
-            saved["attn.out"] = s * n * qd
             saved["attn.lse"] = 4 * B * cfg.num_attention_heads * T
     o_grad = _linear(saved, "o_proj", "attn.out", s, d_in=qd, d_out=h, x_grad=attn_grad,
                      adapted="o_proj" in targets, **lin)

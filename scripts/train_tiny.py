@@ -12,6 +12,7 @@ import logging
 
 from minift import fast_path
 from minift.scratch import ScratchConfig, train_from_scratch
+from minift.tokenizer import SPLITS
 
 
 def main():
@@ -24,6 +25,8 @@ def main():
     ap.add_argument("--seq-len", type=int, default=d.seq_len)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    ap.add_argument("--split", default=d.split, choices=SPLITS,
+                    help="where the BPE may cut Korean before merging (minift.tokenizer.SPLITS)")
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--no-progress", action="store_true")
@@ -34,7 +37,7 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = train_from_scratch(ScratchConfig(
         corpus=a.corpus, out_dir=a.out, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
-        vocab_size=a.vocab_size, device=a.device, seed=a.seed, progress=not a.no_progress,
+        vocab_size=a.vocab_size, split=a.split, device=a.device, seed=a.seed, progress=not a.no_progress,
         **fast_path.settings(a)))
     r = report.result
     last_eval = r.eval_history[-1] if r.eval_history else {}
