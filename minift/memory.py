@@ -279,6 +279,11 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
     return _Layer(saved, out_grad, max(extra, 0), name, fwd_at, fwd_extra)
 
 
+def _peak_phase(phases: dict) -> str:
+    """The phase whose live components sum highest."""
+    return max(phases, key=lambda p: _sum(phases[p]))
+
+
 def _sum(d) -> int:
     return int(sum(d.values()))
 
@@ -317,7 +322,7 @@ class MemoryEstimate:
 
     @property
     def step_peak_phase(self) -> str:
-        return max(self.step_phases, key=lambda p: _sum(self.phases[p]))
+        return _peak_phase(self.step_phases)
 
     @property
     def step_total(self) -> int:
@@ -330,7 +335,7 @@ class MemoryEstimate:
 
     @property
     def peak_phase(self) -> str:
-        return max(self.phases, key=lambda p: _sum(self.phases[p]))
+        return _peak_phase(self.phases)
 
     @property
     def total(self) -> int:

@@ -10,6 +10,9 @@ variant's settings changed. It writes OUT/sweep.json: per variant its settings, 
 seconds of each phase and the evaluation's means before and after. On a GPU the variants run side
 by side (--jobs); the tiny model leaves an H200 mostly idle. On CUDA both phases run in fp32
 weights with fp32 adapter math, as the CPU does, so that the choice carries over.
+BASE is the embedded default itself (ScratchConfig's and lora_qwen.py's TINY_DEFAULTS); the
+2026-11-30 run (results/h200/story_recipe_sweep_2026-11-30.log) predates the default's LoRA
+dropout of 0 and ran with 0.05.
 """
 import argparse
 import json
@@ -18,7 +21,12 @@ import subprocess
 import sys
 import time
 
-BASE = dict(split="words", request_docs=0, pretrain_steps=500, lora_steps=120, lora_lr=1e-3, r=16)
+from lora_qwen import TINY_DEFAULTS
+from minift.scratch import ScratchConfig
+
+BASE = dict(split=ScratchConfig.split, request_docs=ScratchConfig.request_docs, pretrain_steps=ScratchConfig.steps,
+            lora_steps=TINY_DEFAULTS["steps"], lora_lr=TINY_DEFAULTS["lr"], r=TINY_DEFAULTS["r"],
+            dropout=TINY_DEFAULTS["dropout"])
 VARIANTS = {
     "words-500": {},
     "words-req-500": dict(request_docs=2000),
@@ -45,7 +53,7 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
     """One variant, in this process: pretrain, then LoRA with the story evaluation."""
     import logging
     from minift.finetune import FinetuneConfig, finetune
-    from minift.scratch import ScratchConfig, train_from_scratch
+    from minift.scratch import train_from_scratch
     logging.basicConfig(level=logging.WARNING)
     v = dict(BASE, **VARIANTS[name])
     tiny = os.path.join(work, name, "tiny")
@@ -55,8 +63,9 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
                                            compile=False, cuda_graph=False))
     t1 = time.perf_counter()
     rep = finetune(FinetuneConfig(model=tiny, data=data, out_dir=os.path.join(work, name, "lora"),
-                                  steps=v["lora_steps"], lr=v["lora_lr"], r=v["r"], alpha=2 * v["r"],
-                                  batch_size=8, device=device, dtype="float32", adapter_math="fp32",
+                                  steps=v["lora_steps"], lr=v["lora_lr"], r=v["r"], dropout=v["dropout"],
+                                  alpha=v["r"] * TINY_DEFAULTS["alpha"] / TINY_DEFAULTS["r"],
+                                  batch_size=TINY_DEFAULTS["batch_size"], device=device, dtype="float32", adapter_math="fp32",
                                   compile=False, cuda_graph=False, progress=False, story_eval=50),
                    model_dir=tiny)
     t2 = time.perf_counter()

@@ -133,7 +133,7 @@ def test_quantize_matches_bnb(shape, dtype, double_quant):
         # Except in a nested block whose values are all zero (a tensor of one 4-bit block: absmax
         # minus its own mean): bnb's CUDA kernel scales by 1/0, gets NaN and stores code 0, where
         # we store the code of 0.0 (the module Note of kernels/nf4.py); both decode to the offset.
-        zero = (state.nested_absmax == 0).repeat_interleave(nf4.NESTED_BLOCKSIZE)[:state.absmax.numel()]
+        zero = (state.nested_absmax == 0).repeat_interleave(state.nested_blocksize)[:state.absmax.numel()]
         assert torch.equal(state.absmax[~zero], q_absmax[~zero])
         if dev != "cuda":
             assert torch.equal(state.absmax, q_absmax)       # bnb's CPU backends store 0.0's code too
