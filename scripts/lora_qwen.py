@@ -9,7 +9,7 @@ the adapter, in peft's layout, ready for the Hub.
 --model is a local directory, a Hugging Face id found in the local HF cache, or (with
 `pip install "minift[hub]"` and a network) downloaded. With no --model and no Qwen weights on this
 machine, the script says so and runs the embedded default instead: the tiny model trained from
-scratch (runs/tiny-10m, trained first if missing, ~10 minutes on a laptop CPU), fine-tuned the
+scratch (runs/tiny-story, trained first if missing, minift.scratch.STORY_BASE), fine-tuned the
 same way, so the whole path runs end to end anywhere.
 
 --push-to-hub REPO_ID shares only the adapter (the seed's decision 4): the adapter folder gets a
@@ -25,14 +25,20 @@ import sys
 from minift import fast_path
 from minift.evaluate import side_by_side, table
 from minift.finetune import FinetuneConfig, finetune, resolve_base
+from minift.scratch import STORY_BASE, story_base_config, train_from_scratch
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-# The embedded default is small and must finish in a few CPU minutes. seq_len None: the longest
-# pair in the model's own tokens, rounded up (minift.finetune.fit_seq_len), so no pair is cut.
+# The embedded default is small and must finish in CPU minutes. seq_len None: the longest pair in
+# the model's own tokens, rounded up (minift.finetune.fit_seq_len), so no pair is cut.
+# r 128 at lr 3e-3 for 300 steps of 8 rows (~3 epochs of the pairs): on the 2.5M base
+# (minift.scratch.STORY_BASE, hidden size 192) r 128 is most of the rank there is, and it was the
+# best measured (scripts/sweep_story_recipe.py rounds 3-4: r 16 at 1e-3 for 120 steps named 35% of
+# the requested characters, r 128 at 3e-3 for 300 steps 53-88%). The chapter's "r >= 64 overfits"
+# (failure point 5, printed as a warning) is about billion-parameter models.
 # dropout 0 (peft's default) for the tiny model: on a 2-core CPU each adapter's dropout mask
-# (bernoulli, drawn again when backward recomputes it) took 23% of a LoRA step; measured on the
-# same base 2026-11-30, 120 steps took 530 s without it and 672 s with 0.05, at the same scores.
-TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=120, lr=1e-3, r=16, alpha=32, dropout=0.0)
+# (bernoulli, drawn again when backward recomputes it) took 23% of a LoRA step (measured on the
+# 10M base 2026-11-30: 530 s without it, 672 s with 0.05, at the same scores).
+TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=300, lr=3e-3, r=128, alpha=256, dropout=0.0)
 QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32, dropout=0.05)
 
 
@@ -81,16 +87,16 @@ def main():
             ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model_dir, embedded = resolve_base(a.model or DEFAULT_MODEL, explicit=a.model is not None)
+    model_dir, embedded = resolve_base(a.model or DEFAULT_MODEL, explicit=a.model is not None,
+                                       tiny_dir=STORY_BASE["out_dir"])
     if embedded:
         print(f"{DEFAULT_MODEL} is not on this machine (no local directory, not in the Hugging Face cache, "
               f"and no download here).\n  To use it: pip install 'minift[hub]' && huggingface-cli download "
               f"{DEFAULT_MODEL}\n  then run this script again (or pass --model /path/to/it).\n"
               f"Running the embedded default instead: LoRA on the tiny model trained from scratch ({model_dir}).\n")
         if not os.path.exists(os.path.join(model_dir, "config.json")):
-            from minift.scratch import ScratchConfig, train_from_scratch
-            print(f"{model_dir} is missing: training it first (scripts/train_tiny.py does the same).")
-            train_from_scratch(ScratchConfig(out_dir=model_dir, progress=not a.no_progress))
+            print(f"{model_dir} is missing: training it first (scripts/train_tiny.py --story-base does the same).")
+            train_from_scratch(story_base_config(out_dir=model_dir, progress=not a.no_progress))
     defaults = TINY_DEFAULTS if embedded else QWEN_DEFAULTS
     pick = lambda name: getattr(a, name) if getattr(a, name) is not None else defaults[name]  # noqa: E731
     targets = a.targets if a.targets == "all-linear" or "," not in a.targets else a.targets.split(",")

@@ -2,43 +2,46 @@
 
     python scripts/train_tiny.py                       # ~10 minutes on a 2-core CPU -> runs/tiny-10m
     python scripts/train_tiny.py --steps 3000 --device cuda
+    python scripts/train_tiny.py --story-base           # the capstone's base -> runs/tiny-story
 
 Trains an 8,192-token byte-level BPE on the corpus, then the model; writes the Hugging Face
 layout (minift.load_pretrained and transformers both load it) and prints a sample story.
 """
 import argparse
+import dataclasses
 import json
 import logging
 
 from minift import fast_path
-from minift.scratch import ScratchConfig, train_from_scratch
+from minift.scratch import ScratchConfig, story_base_config, train_from_scratch
 from minift.tokenizer import SPLITS
 
 
 def main():
-    d = ScratchConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=d.corpus)
-    ap.add_argument("--out", default=d.out_dir)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--seq-len", type=int, default=d.seq_len)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    ap.add_argument("--split", default=d.split, choices=SPLITS,
-                    help="where the BPE may cut Korean before merging (minift.tokenizer.SPLITS)")
-    ap.add_argument("--device", default=d.device)
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--story-base", action="store_true",
+                    help="train the capstone's embedded base instead (minift.scratch.STORY_BASE: tiny-2.5m, "
+                         "particles split, stories under their requests -> runs/tiny-story)")
+    # every default below is the chosen recipe's (ScratchConfig, or STORY_BASE with --story-base)
+    ap.add_argument("--corpus")
+    ap.add_argument("--out", dest="out_dir")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--vocab-size", type=int)
+    ap.add_argument("--split", choices=SPLITS, help="where the BPE may cut Korean before merging (minift.tokenizer.SPLITS)")
+    ap.add_argument("--device")
+    ap.add_argument("--seed", type=int)
     ap.add_argument("--no-progress", action="store_true")
     for flag, kw in fast_path.FLAGS:
         if flag != "--adapter-math":   # no adapters when training from scratch
             ap.add_argument(flag, **kw)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = train_from_scratch(ScratchConfig(
-        corpus=a.corpus, out_dir=a.out, steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
-        vocab_size=a.vocab_size, split=a.split, device=a.device, seed=a.seed, progress=not a.no_progress,
-        **fast_path.settings(a)))
+    given = {k: v for k, v in vars(a).items() if v is not None and k in ScratchConfig.__dataclass_fields__}
+    cfg = story_base_config(**given) if a.story_base else ScratchConfig(**given)
+    report = train_from_scratch(dataclasses.replace(cfg, progress=not a.no_progress, **fast_path.settings(a)))
     r = report.result
     last_eval = r.eval_history[-1] if r.eval_history else {}
     print(f"\nparameters: {report.num_params:,}   training tokens in the corpus: {report.train_tokens:,}")

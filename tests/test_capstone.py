@@ -30,7 +30,7 @@ from minift import fairytales, lora, quant
 from minift.data import Batches, load_sft
 from minift.evaluate import METRICS
 from minift.finetune import FinetuneConfig, finetune, fit_seq_len, resolve_base
-from minift.scratch import ScratchConfig, train_from_scratch
+from minift.scratch import STORY_BASE, ScratchConfig, train_from_scratch
 from minift.train import evaluate
 
 transformers = pytest.importorskip("transformers")
@@ -215,11 +215,11 @@ def test_merged_export_loads_in_transformers(runs, base_and_pairs, method):
 # ---------------------------------------------------------------------- the script and the fallback
 def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
     """The script twice, side by side (each is mostly torch's import): with --model, and with no
-    --model in a directory whose runs/tiny-10m is the tiny base, offline with an empty HF cache:
+    --model in a directory whose runs/tiny-story is the tiny base, offline with an empty HF cache:
     it must say Qwen is missing and fine-tune the embedded default."""
     base, pairs, _ = base_and_pairs
     (tmp_path / "runs").mkdir()
-    os.symlink(base, tmp_path / "runs" / "tiny-10m")
+    os.symlink(base, tmp_path / "runs" / "tiny-story")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"), OMP_NUM_THREADS="1")
     # seq-len 128: this base's BPE learned stories, not requests, so a prompt takes 70-130 tokens
     # and at 64 no held-out answer token survives (test_too_short_rows_are_a_clear_error).
@@ -252,9 +252,10 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
         if name == "named":
             assert rep["model_dir"] == os.path.abspath(base) and "not on this machine" not in out
         else:
-            assert rep["model_dir"] == os.path.join("runs", "tiny-10m")
+            assert rep["model_dir"] == STORY_BASE["out_dir"] == os.path.join("runs", "tiny-story")
             assert "Qwen/Qwen2.5-0.5B-Instruct is not on this machine" in out and "embedded default" in out
-            assert rep["config"]["lr"] == 1e-3 and rep["config"]["r"] == 16  # the tiny model's defaults
+            # the tiny model's LoRA defaults, not Qwen's
+            assert (rep["config"]["lr"], rep["config"]["r"], rep["config"]["alpha"]) == (3e-3, 128, 256)
 
 
 def test_fit_seq_len_keeps_every_pair_whole(base_and_pairs):

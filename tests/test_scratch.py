@@ -17,7 +17,8 @@ import minift
 from minift import fairytales
 from minift.generate import generate_ids
 from minift.data import read_jsonl
-from minift.scratch import ScratchConfig, model_config, request_documents, train_from_scratch
+from minift.scratch import (STORY_BASE, ScratchConfig, model_config, pretrain_rows, request_documents,
+                            story_base_config, train_from_scratch)
 from minift.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -135,3 +136,27 @@ def test_generation_config_holds_both_stop_ids(scratch_run):
     new_ours = generate_ids(ours, torch.tensor([ids]), max_new_tokens=12, eos_token_ids=tok.eos_token_ids)
     new_hf = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, generation_config=hf_gen)
     assert new_ours.tolist() == new_hf.tolist()
+
+
+def test_every_pretraining_document_ends_with_the_eos_the_chat_template_closes_turns_with():
+    """The from-scratch stream separates documents with <|im_end|> (the tokenizer's eos), the
+    token the chat template ends the assistant's turn with: LoRA cannot train its row of the frozen
+    tied embedding, so the base must already predict it where a story ends."""
+    docs = fairytales.generate_stories(6, seed=3)
+    tok = train_bpe(docs, VOCAB)
+    data = pretrain_rows(docs, tok, 64, val_fraction=0.0, seed=0)
+    last = data.train[-1]
+    stream = [t for ex in data.train for t in ex.input_ids[:len(ex) - ex.num_padding]] \
+        + [last.targets[len(last) - last.num_padding - 1]]                 # the rows' one token stream
+    im_end, eot = tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")
+    assert tok.eos_token_id == im_end
+    assert stream.count(im_end) == len(docs) and eot not in stream
+    assert stream[:len(tok.encode(docs[0])) + 1] == tok.encode(docs[0]) + [im_end]
+
+
+def test_story_base_is_the_small_preset_on_requests():
+    cfg = story_base_config(steps=7)
+    assert (cfg.preset, cfg.vocab_size, cfg.split, cfg.steps) == ("tiny-2.5m", 4096, "particles", 7)
+    assert cfg.request_docs > 0 and cfg.out_dir == STORY_BASE["out_dir"] != ScratchConfig().out_dir
+    model = minift.Transformer(minift.ModelConfig.preset("tiny-2.5m"))
+    assert model.num_params() == 2_559_936
