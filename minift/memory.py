@@ -633,13 +633,18 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     # buffer itself, 4cV) is still bound to its name while the next logits are made.
     # With Triton (kernels/softmax_xent.py, CUDA) the loss and dlogits are computed in registers and
     # dlogits is written over the logits: the chunk's logits (s*cV) are all it needs.
+    # Then `dh[chunk] = dlogits @ W` makes the chunk's d hidden as a new (c, h) product (s*c*h)
+    # before copying it into dh, dlogits still alive: on the Triton path that product, or from the
+    # second chunk on the next chunk's logits beside the previous dlogits (still bound to its
+    # name), is the chunk's largest moment (the product seen on CPU under TRITON_INTERPRET=1:
+    # +524,288 B for BIG_V fp32, c=512). On the reference path the fp32 logits temporaries come first.
     c = min(loss_chunk, n)
     if triton:
-        chunk = s * c * V
+        chunk = s * c * V + max(s * c * h, s * c * V if n > c else 0)
     else:
         chunk = max(8 * c * V, (s * c * V + 4 * c * V) if s != 4 else 0, (4 * c * V + s * c * V) if s != 4 else 0)
-    if n > c:
-        chunk += s * c * V
+        if n > c:
+            chunk += s * c * V
     est.loss = chunk
     d_head = s * V * h if head_trains else 0
     loss_keep = {"final norm output": s * n * h, "d hidden (kept for backward)": s * n * h}

@@ -95,3 +95,38 @@ class StorageTracker(TorchDispatchMode):
                     continue              # a view of, or a write into, a storage from before: not new
                 self._add(st, t.device.type)
         return out
+
+
+def live_at_peak(snapshot: dict, device: int = 0, frames: int = 4) -> dict:
+    """What was alive at the peak of a CUDA allocator history, by where it was allocated.
+
+    snapshot: torch.cuda.memory._snapshot() after torch.cuda.memory._record_memory_history(), as a
+    dict. Its trace lists every allocation ("alloc", the requested size) and free ("free_requested",
+    then "free_completed") since recording began; replaying it gives the running total of
+    requested bytes and, at its highest point, the live allocations. Those are grouped by
+    (size, the `frames` innermost Python frames in minift, or in anything if none is) and listed largest first. Allocations made before
+    recording began are not in the trace (the caller starts recording before building the model)."""
+    trace = snapshot.get("device_traces", [])[device] if snapshot.get("device_traces") else []
+    live: dict[int, tuple[int, tuple[str, ...]]] = {}
+    total = peak = 0
+    at_peak: dict[int, tuple[int, tuple[str, ...]]] = {}
+    for ev in trace:
+        action, addr = ev.get("action"), ev.get("addr")
+        if action == "alloc":
+            py = [f for f in ev.get("frames", []) if str(f.get("filename", "")).endswith(".py")]
+            ours = [f for f in py if "minift" in str(f.get("filename"))] or py    # innermost first
+            where = tuple(f"{f['filename'].rsplit('/', 1)[-1]}:{f.get('line', '?')}:{f.get('name', '?')}"
+                          for f in ours[:frames])
+            live[addr] = (int(ev.get("size", 0)), where)
+            total += live[addr][0]
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif action in ("free_requested", "free_completed") and addr in live:
+            total -= live.pop(addr)[0]
+    groups: dict[tuple, list[int]] = {}
+    for size, where in at_peak.values():
+        groups.setdefault((size, where), []).append(size)
+    rows = [{"bytes": size, "count": len(v), "frames": list(where)}
+            for (size, where), v in groups.items()]
+    rows.sort(key=lambda r: -r["bytes"] * r["count"])
+    return {"peak_requested_bytes_in_trace": peak, "events": len(trace), "live_at_peak": rows}
