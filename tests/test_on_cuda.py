@@ -44,10 +44,11 @@ def test_compiled_triton_kernels_match_their_references(tmp_path):
 # The caching allocator hands out blocks, not tensors: every request is rounded up to 512 B, and a
 # cached block > 1 MiB whose rest would be <= 1 MiB (kSmallSize) is handed out whole, unsplit, and
 # counted whole by max_memory_allocated (c10/cuda/CUDACachingAllocator.cpp: should_split). Which
-# block a tensor lands in depends on what was freed before it, not on the model: BIG_F's foreach
-# AdamW (CASES[8]) fills a 20 MiB segment with ten 2,048,000-B fp32 tensors and the tenth takes the
-# 491,520-B rest with it (-1.57% against max_memory_allocated; the allocator replayed over the CPU
-# run of the same step, /work notes in the report, gives the H200's 31,772,704 B to the byte).
+# block a tensor lands in depends on what was freed before it, not on the model: UNTIED's foreach
+# AdamW (CASES[8]) puts m and v of the embedding and of lm_head, then the step's six fp32 copies of
+# them (2,048,000 B each), into one 20 MiB segment, and the tenth takes the 491,520-B rest with it (-1.57% against max_memory_allocated on the H200: 31,772,704 B, which
+# minift.memory_tracker.CachingAllocatorReplay, fed the same step run on CPU with the Triton kernels
+# interpreted, reproduces to the byte).
 # So the estimate is checked against the tensors' own bytes (requested_bytes.all.peak) with the
 # CPU test's tolerance, and against max_memory_allocated with the same tolerance widened below by
 # one unsplit block's rest: at most kSmallSize.
