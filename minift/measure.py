@@ -6,8 +6,12 @@
 
 How each device is measured, and what the number means:
 - CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats: the largest total of
-  live tensor bytes the caching allocator handed out (rounded to 512 B blocks). Exact; the
-  CUDA context and the allocator's cached-but-free blocks are not in it (memory.py's Note).
+  the blocks the caching allocator handed out. Exact; the CUDA context and the allocator's
+  cached-but-free blocks are not in it (memory.py's Note). A block is the request rounded up to
+  512 B, and more: a cached block > 1 MiB whose rest would be <= 1 MiB (kSmallSize) is handed out
+  whole, unsplit, and counted whole (c10/cuda/CUDACachingAllocator.cpp should_split). So the
+  same step also reports `requested` (memory_stats' requested_bytes.all.peak): the peak of the
+  tensors' own bytes, the quantity minift/memory.py models and the other methods measure.
 - CPU, how="allocator" (default): the PyTorch profiler's memory timeline records every
   allocation and free of the CPU allocator; replaying it gives the same quantity as CUDA's
   max_memory_allocated. Exact, but the profiler slows the step down: for small models only.
@@ -50,6 +54,7 @@ class Peak:
     how: str           # "cuda max_memory_allocated" | "cpu allocator (profiler)" | "cpu rss" |
                        # "storage tracker" | "mps sampled"
     seconds: float = 0.0
+    requested: int | None = None   # CUDA: peak of the requested (tensor) bytes, on the same scale as peak
 
     @property
     def above_baseline(self) -> int:
@@ -111,11 +116,15 @@ def measure_peak(fn, device, *, how: str = "auto") -> Peak:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
+        requested_before = torch.cuda.memory_stats(device).get("requested_bytes.all.current")
         torch.cuda.reset_peak_memory_stats(device)
         _call(fn, lambda: None)
         torch.cuda.synchronize(device)
+        requested_peak = torch.cuda.memory_stats(device).get("requested_bytes.all.peak")
+        requested = (None if requested_before is None or requested_peak is None
+                     else baseline + requested_peak - requested_before)   # on peak's scale: baseline + above it
         return Peak(torch.cuda.max_memory_allocated(device), baseline, "cuda max_memory_allocated",
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, requested)
     if device.type == "mps" and how == "sampled":
         torch.mps.synchronize()
         baseline = torch.mps.current_allocated_memory()
@@ -228,6 +237,7 @@ class StepMeasurement:
     how: str
     seconds: float
     loss: float
+    peak_requested: int | None = None   # CUDA: the peak of the tensors' own bytes (Peak.requested), baseline included
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -293,9 +303,10 @@ def run_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, step
         # RSS includes the interpreter and libraries, and the CUDA allocator what the process
         # allocated before (earlier models; cuBLAS's workspace per thread and stream, 32 MiB each
         # on Hopper, made at the first matmul and kept): the increase on top of the tensor bytes
-        p = Peak(p.peak - p.baseline + baseline, baseline, p.how, p.seconds)
+        p = Peak(p.peak - p.baseline + baseline, baseline, p.how, p.seconds,
+                 None if p.requested is None else p.requested - p.baseline + baseline)
     return StepMeasurement(peak=p.peak, baseline=p.baseline, how=p.how, seconds=p.seconds,
-                           loss=losses[-1] if losses else float("nan"))
+                           loss=losses[-1] if losses else float("nan"), peak_requested=p.requested)
 
 
 def run_in_subprocess(cfg: ModelConfig, method: str, batch: int, seq: int, *, timeout: float = 600,

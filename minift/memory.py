@@ -252,16 +252,19 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
     extra += s * n * h   # the incoming gradient of the layer output (shared by residual and down)
 
     # ---- the largest forward temporary: up_proj's LoRA (out = f) in
-    # `silu(gate(y2)) * up(y2)`: silu(g) (s*F) waits; up's base output y (s*F), the adapter's
-    # lora_B output (a*F), its `* scaling` (a*F) and `y + update` (a*F) are alive at the add;
-    # on CPU the add also makes an fp32 copy of y (TensorIterator promotes CPU inputs with a
-    # temporary; CUDA kernels cast on the fly). y2 and x_mid (s*n*h each) are alive around it.
+    # `gate, up = gate_proj(y2), up_proj(y2)`, before swiglu(gate, up): g (saved, "mlp.gate") is
+    # alive, silu(g) does not exist yet (the reference makes it inside swiglu, the Triton kernel
+    # never). Up's base output y (s*F), the adapter's lora_B output (a*F), its `* scaling` (a*F)
+    # and `y + update` (a*F) are alive at the add; on CPU the add also makes an fp32 copy of y
+    # (TensorIterator promotes CPU inputs with a temporary; CUDA kernels cast on the fly).
+    # y2 (s*n*h) is alive around it, and x_mid (s*n*h) unless a norm already saves it (Triton's
+    # RMSNorm saves its input itself: then it is in `saved`, counted once).
     fwd_extra, fwd_at = 0, 0
     if "up_proj" in targets:
         fwd_at = _sum(saved) - sum(saved.get(k, 0) for k in
-                                   ("mlp.up", "mlp.p", "down_proj.lora_x", "down_proj.lora_A_out"))
-        fwd_extra = (0 if "mlp.silu" in saved else s * F) + s * F + 3 * a * F \
-            + (a * F if (cpu and a != s) else 0) + 2 * s * n * h
+                                   ("mlp.silu", "mlp.up", "mlp.p", "down_proj.lora_x", "down_proj.lora_A_out"))
+        fwd_extra = s * F + 3 * a * F + (a * F if (cpu and a != s) else 0) \
+            + (s * n * h if "x_mid" in saved else 2 * s * n * h)
     if qlora:
         # Linear4bit (minift/quant.py) dequantizes the (out, in) weight for every call, forward
         # and backward: packed.long() (8 B per byte = 4 B/weight) -> fp32 pair lookup (4 B/weight)
@@ -633,13 +636,18 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     # buffer itself, 4cV) is still bound to its name while the next logits are made.
     # With Triton (kernels/softmax_xent.py, CUDA) the loss and dlogits are computed in registers and
     # dlogits is written over the logits: the chunk's logits (s*cV) are all it needs.
+    # Then `dh[chunk] = dlogits @ W` makes the chunk's d hidden as a new (c, h) product (s*c*h)
+    # before copying it into dh, dlogits still alive: on the Triton path that product, or from the
+    # second chunk on the next chunk's logits beside the previous dlogits (still bound to its
+    # name), is the chunk's largest moment (the product seen on CPU under TRITON_INTERPRET=1:
+    # +524,288 B for BIG_V fp32, c=512). On the reference path the fp32 logits temporaries come first.
     c = min(loss_chunk, n)
     if triton:
-        chunk = s * c * V
+        chunk = s * c * V + max(s * c * h, s * c * V if n > c else 0)
     else:
         chunk = max(8 * c * V, (s * c * V + 4 * c * V) if s != 4 else 0, (4 * c * V + s * c * V) if s != 4 else 0)
-    if n > c:
-        chunk += s * c * V
+        if n > c:
+            chunk += s * c * V
     est.loss = chunk
     d_head = s * V * h if head_trains else 0
     loss_keep = {"final norm output": s * n * h, "d hidden (kept for backward)": s * n * h}
@@ -677,11 +685,18 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
                 "layer bwd temporaries": lay.bwd_extra,
                 "grads so far": d_head + sum(g_layer[i:]) + s * h * head_trains}
             if lay.fwd_extra:
-                # the recompute itself reaches the layer's forward peak; d layer output waits beside it
+                # the recompute itself reaches the layer's forward peak; d layer output waits beside it.
+                # At the top layer, beside the final norm's d x, an fp32 (n, h) product (4nh) and its
+                # cast to s (s*n*h), both made in backward before the recompute, are alive too: the
+                # allocator replay of CASES[7] (CPU, Triton kernels interpreted: 12,693,724 B, the
+                # H200's max_memory_allocated to 1 KiB; and the reference kernels' CPU replay) shows
+                # them; which node makes them is not yet traced (scripts/memory_cuda_diag.py names
+                # the frames on a GPU).
+                waiting = dh + (4 * n * h + s * n * h if i == L - 1 else 0)
                 at = lay.fwd_saved_at_peak - lay.saved.get("input", 0)
                 est.phases[f"backward: layer {i} recompute forward"] = {
                     **P, "activations": base + (i + 1) * s * n * h + at,
-                    "forward temporaries": lay.fwd_extra, "d layer output": dh,
+                    "forward temporaries": lay.fwd_extra, "d layer output (+ fp32 product at the top)": waiting,
                     "grads so far": d_head + sum(g_layer[i + 1:])}
     if method in TRAIN_BASE:
         # embedding backward: a dense d embedding (s*V*h); tied: added into the head's gradient

@@ -63,3 +63,40 @@ def test_mps_training_peak_is_tracked_and_near_the_estimate():
     assert m.how == "storage tracker"
     err = (est.total - m.peak) / m.peak
     assert -0.01 <= err <= 0.05, (est.total, m.peak, est.peak_phase)
+
+
+def test_caching_allocator_replay_hands_out_an_unsplit_rest():
+    """CUDA's allocator, replayed (CachingAllocatorReplay): ten 2,048,000-B fp32 tensors (foreach
+    AdamW's fp32 copies of a 4000 x 128 matrix, CASES[8]) fill one 20 MiB segment;
+    the tenth would leave 491,520 B (<= 1 MiB, kSmallSize) and takes it whole. Small requests are
+    rounded to 512 B and split. Freeing everything merges the segment back into one block.
+    Through a StorageTracker, the replay sees the same tensors the tracker counts."""
+    from minift.memory_tracker import CachingAllocatorReplay
+    rep = CachingAllocatorReplay()
+    sizes = [rep.malloc(k, 2_048_000) for k in range(10)]
+    assert sizes == [2_048_000] * 9 + [2_048_000 + 491_520] and rep.peak == 20 << 20
+    assert rep.malloc("s", 100) == 512 and len(rep.segments) == 2
+    for k in list(range(10)) + ["s"]:
+        rep.free(k)
+    assert rep.allocated == 0 and rep.free_blocks[False] == [[0, 20 << 20]]
+    with StorageTracker(round_to=512, replay=CachingAllocatorReplay()) as tr:
+        ts = [torch.empty(512_000) for _ in range(10)]        # 2,048,000 B each
+        del ts
+    assert tr.peak["cpu"] == 20_480_000 and tr.replay.peak == 20 << 20 and tr.replay.allocated == 0
+
+
+def test_live_at_peak_reads_an_allocator_history():
+    """live_at_peak replays a torch.cuda.memory._snapshot() trace (the dict layout of torch 2.x):
+    the peak is 150 B with both allocations alive; minift's frames are kept, torch's dropped."""
+    from minift.memory_tracker import live_at_peak
+    def frames(line):
+        return [{"filename": "/x/torch/nn/functional.py", "line": 9, "name": "linear"},
+                {"filename": "/w/minift/model.py", "line": line, "name": "forward"}]
+    trace = [{"action": "alloc", "addr": 1, "size": 100, "frames": frames(1)},
+             {"action": "alloc", "addr": 2, "size": 50, "frames": frames(2)},
+             {"action": "free_requested", "addr": 1}, {"action": "free_completed", "addr": 1},
+             {"action": "alloc", "addr": 3, "size": 20, "frames": frames(3)}]
+    got = live_at_peak({"device_traces": [trace]})
+    assert got["peak_requested_bytes_in_trace"] == 150
+    assert got["live_at_peak"] == [{"bytes": 100, "count": 1, "frames": ["model.py:1:forward"]},
+                                   {"bytes": 50, "count": 1, "frames": ["model.py:2:forward"]}]

@@ -41,10 +41,24 @@ def test_compiled_triton_kernels_match_their_references(tmp_path):
     assert rep["failed"] == 0 and len(accuracy) >= 5, rep
 
 
+# The caching allocator hands out blocks, not tensors: every request is rounded up to 512 B, and a
+# cached block > 1 MiB whose rest would be <= 1 MiB (kSmallSize) is handed out whole, unsplit, and
+# counted whole by max_memory_allocated (c10/cuda/CUDACachingAllocator.cpp: should_split). Which
+# block a tensor lands in depends on what was freed before it, not on the model: UNTIED's foreach
+# AdamW (CASES[8]) puts m and v of the embedding and of lm_head, then the step's six fp32 copies of
+# them (2,048,000 B each), into one 20 MiB segment, and the tenth takes the 491,520-B rest with it (-1.57% against max_memory_allocated on the H200: 31,772,704 B, which
+# minift.memory_tracker.CachingAllocatorReplay, fed the same step run on CPU with the Triton kernels
+# interpreted, reproduces to the byte).
+# So the estimate is checked against the tensors' own bytes (requested_bytes.all.peak) with the
+# CPU test's tolerance, and against max_memory_allocated with the same tolerance widened below by
+# one unsplit block's rest: at most kSmallSize.
+K_SMALL_SIZE = 1 << 20
+
+
 @pytest.mark.parametrize("kw,method,dtype,ckpt,B,T,chunk", CASES)
 def test_peak_matches_the_cuda_allocator(kw, method, dtype, ckpt, B, T, chunk):
-    """The CPU test's cases and tolerance (-1% .. +5%, reasons in test_memory.py), measured with
-    torch.cuda.max_memory_allocated and predicted for device="cuda".
+    """The CPU test's cases and tolerance (-1% .. +5%, reasons in test_memory.py), measured on the
+    CUDA allocator and predicted for device="cuda" (block granularity: the comment above).
 
     What CUDA libraries make on first use and keep for the process (cuBLAS's workspace per thread
     and stream: 32 MiB each on Hopper, one for the forward's thread and one for autograd's backward
@@ -59,9 +73,14 @@ def test_peak_matches_the_cuda_allocator(kw, method, dtype, ckpt, B, T, chunk):
                                    lora_r=8, loss_chunk=chunk)
     est = memory.estimate(cfg, method, B, T, param_dtype=dtype, grad_ckpt=ckpt, lora_r=8, loss_chunk=chunk,
                           device="cuda")
+    what = f"{method} {dtype} ckpt={ckpt}: predicted {est.total}, peak phase {est.peak_phase}"
+    assert m.peak_requested is not None, "torch.cuda.memory_stats() has no requested_bytes (torch < 2.1)"
+    assert m.peak_requested <= m.peak, (m.peak_requested, m.peak)
+    err = (est.total - m.peak_requested) / m.peak_requested
+    assert -0.01 <= err <= 0.05, f"{what}; requested bytes {m.peak_requested} ({100 * err:+.2f}%)"
     err = (est.total - m.peak) / m.peak
-    assert -0.01 <= err <= 0.05, f"{method} {dtype} ckpt={ckpt}: predicted {est.total}, measured {m.peak} " \
-                                 f"({100 * err:+.2f}%, peak phase {est.peak_phase})"
+    low = -0.01 - K_SMALL_SIZE / m.peak
+    assert low <= err <= 0.05, f"{what}; max_memory_allocated {m.peak} ({100 * err:+.2f}%, allowed from {100 * low:+.2f}%)"
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
