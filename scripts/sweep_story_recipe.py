@@ -22,7 +22,7 @@ import sys
 import time
 
 from lora_qwen import TINY_DEFAULTS
-from minift.scratch import story_base_config
+from minift.scratch import ScratchConfig, story_base_config
 
 _S = story_base_config()
 # The embedded default as it is now: minift.scratch.STORY_BASE and lora_qwen.py's TINY_DEFAULTS.
