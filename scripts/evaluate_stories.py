@@ -1,7 +1,7 @@
 """Score how well a fairytale model follows its requests (minift/evaluate.py says how).
 
-    python scripts/evaluate_stories.py --model runs/tiny-10m --adapter runs/lora-qwen/adapter
-    python scripts/evaluate_stories.py --model runs/tiny-10m --adapter runs/lora-qwen/adapter --seeds 0,1,2 --show 3
+    python scripts/evaluate_stories.py --model runs/tiny-story --adapter runs/lora-qwen/adapter
+    python scripts/evaluate_stories.py --model runs/tiny-story --adapter runs/lora-qwen/adapter --seeds 0,1,2 --show 3
 
 For the held-out requests of --data (the same split lora_qwen.py holds out: --val-fraction and
 --split-seed), generates one story per request and sampling seed with fixed settings, scores each

@@ -443,12 +443,15 @@ def train_tiny(report):
 
 
 def capstone(report):
-    return [f"({report['trainable_params']:,} trained parameters, "
-            f"{pct(report['trainable_params'] / report['num_params'])})",
+    cfg = report["config"]
+    share = pct(report["trainable_params"] / report["num_params"])
+    return [f"({report['trainable_params']:,} trained parameters, {share})",
+            f"{cfg['steps']} steps of {cfg['batch_size']} packed rows of {cfg['seq_len']} tokens (no pair cut) in "
+            f"{report['train_time_s']:.0f} s",
+            f"held-out loss {report['eval_before']['loss']:.3f} -> {report['eval_after']['loss']:.3f}",
             f"the adapter ships as {report['saved_bytes'] / 1e6:.2f} MB",
-            f"The script prints the predicted peak ({gib(report['predicted_peak_bytes'])} GiB",
-            f"({gib(report['measured_peak_bytes'])} GiB in a rerun here: {report['train_time_s']:.0f} s, loss "
-            f"{report['eval_before']['loss']:.3f} -> {report['eval_after']['loss']:.3f})"]
+            f"the predicted peak ({gib(report['predicted_peak_bytes'])} GiB",
+            f"over the whole recipe ({gib(report['measured_peak_bytes'])} GiB"]
 
 
 COMPARE_LABEL = {"full": "full SFT", "lora": "LoRA", "qlora": "QLoRA"}
@@ -640,7 +643,8 @@ CHECKS = [   # in the order of the docs
     Table("kernels", "docs/speed.md", (KERNELS, XENT, H200 + "check_kernels_xent_recheck.json"), 2, speed_kernels),
     Text("kernels, after", "docs/speed.md", (XENT, KERNELS), kernels_after),
     Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
-    Text("capstone default", "docs/cpu.md", (CPU + "lora_qwen_default_report.json",), capstone),
+    Text("capstone default", "docs/cpu.md", (CPU + "default_run_2026-11-30_story/lora_qwen_default_report.json",),
+         capstone),
     Text("chapter's exercise, intro", "docs/cpu.md", (CPU + "compare_methods.json",), compare_intro),
     Table("chapter's exercise", "docs/cpu.md", (CPU + "compare_methods.json",), 1, compare_methods),
     Text("training loop overhead", "docs/cpu.md",
