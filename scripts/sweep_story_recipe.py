@@ -144,13 +144,15 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
                                            request_docs=v["request_docs"],
                                            story_docs=v["story_docs"], steps=v["pretrain_steps"],
                                            batch_size=v["pre_batch"], seq_len=v["pre_seq"], lr=v["pre_lr"],
-                                           vocab_size=v["vocab"], model_overrides=v["model"], seed=v["seed"], device=device,
+                                           vocab_size=v["vocab"], model_overrides=v["model"], seed=v["seed"],
+                                           device=device,
                                            progress=False, compile=False, cuda_graph=False))
     t1 = time.perf_counter()
     rep = finetune(FinetuneConfig(model=tiny, data=data, out_dir=os.path.join(work, name, "lora"),
                                   steps=v["lora_steps"], lr=v["lora_lr"], r=v["r"], dropout=v["dropout"],
                                   alpha=v["r"] * TINY_DEFAULTS["alpha"] / TINY_DEFAULTS["r"],
-                                  batch_size=v["lora_batch"], seed=v["seed"], device=device, dtype="float32", adapter_math="fp32",
+                                  batch_size=v["lora_batch"], seed=v["seed"], device=device, dtype="float32",
+                                  adapter_math="fp32",
                                   compile=False, cuda_graph=False, progress=False, story_eval=50,
                                   story_eval_seeds=tuple(v["eval_seeds"])),
                    model_dir=tiny)

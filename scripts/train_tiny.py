@@ -4,8 +4,9 @@
     python scripts/train_tiny.py --steps 3000 --device cuda
     python scripts/train_tiny.py --story-base           # the capstone's base -> runs/tiny-story
 
-Trains an 8,192-token byte-level BPE on the corpus, then the model; writes the Hugging Face
-layout (minift.load_pretrained and transformers both load it) and prints a sample story.
+Trains a byte-level BPE on the corpus (8,192 tokens; 4,096 with --story-base), then the model;
+writes the Hugging Face layout (minift.load_pretrained and transformers both load it) and prints
+a sample story.
 """
 import argparse
 import dataclasses
@@ -30,7 +31,8 @@ def main():
     ap.add_argument("--seq-len", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--vocab-size", type=int)
-    ap.add_argument("--split", choices=SPLITS, help="where the BPE may cut Korean before merging (minift.tokenizer.SPLITS)")
+    ap.add_argument("--split", choices=SPLITS,
+                    help="where the BPE may cut Korean before merging (minift.tokenizer.SPLITS)")
     ap.add_argument("--device")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--no-progress", action="store_true")
