@@ -237,7 +237,7 @@ class StepMeasurement:
     how: str
     seconds: float
     loss: float
-    peak_requested: int | None = None   # CUDA: the peak of the tensors' own bytes (Peak.requested), baseline included
+    peak_requested: int | None = None   # CUDA: the tensors' own bytes at their peak (Peak.requested), baseline in
 
     def as_dict(self) -> dict:
         return asdict(self)

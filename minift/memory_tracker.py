@@ -182,8 +182,9 @@ def live_at_peak(snapshot: dict, device: int = 0, frames: int = 4) -> dict:
     dict. Its trace lists every allocation ("alloc", the requested size) and free ("free_requested",
     then "free_completed") since recording began; replaying it gives the running total of
     requested bytes and, at its highest point, the live allocations. Those are grouped by
-    (size, the `frames` innermost Python frames in minift, or in anything if none is) and listed largest first. Allocations made before
-    recording began are not in the trace (the caller starts recording before building the model)."""
+    (size, the `frames` innermost Python frames in minift, or in anything if none is) and listed
+    largest first. Allocations made before recording began are not in the trace (the caller starts
+    recording before building the model)."""
     trace = snapshot.get("device_traces", [])[device] if snapshot.get("device_traces") else []
     live: dict[int, tuple[int, tuple[str, ...]]] = {}
     total = peak = 0

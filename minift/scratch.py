@@ -53,10 +53,11 @@ class ScratchConfig:
     sample_prompt: str = "옛날 옛적에"
     # Stories written under the request they answer, as plain text (request_documents), meant to
     # teach a base model to take a story's names from the text before it. Measured 2026-11-30
-    # (1,000 of them, 500 steps): no gain in names after LoRA (26-29% vs ~25%), so off by default.
+    # (1,000 of them, 500 steps): no gain in names after LoRA (26-29% vs ~25%), so off by default
+    # for this model; STORY_BASE (below), the capstone's smaller base, is trained on 8,000.
     request_docs: int = 0
     request_seed: int = 1          # minift.fairytales pairs seed; the shipped pairs are seed 0
-    story_docs: int = 0            # more stories without their requests (pairs seed request_seed + 1)
+    story_docs: int = 0            # more stories, no requests (fairytales.generate_stories, seed request_seed)
     # ModelConfig fields to change after the preset, e.g. {"hidden_size": 64, "num_hidden_layers": 2}
     # (tests and quick experiments use a smaller model than tiny-10m; vocab_size is set above).
     model_overrides: dict = field(default_factory=dict)
@@ -141,7 +142,7 @@ def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     docs = (read_text(cfg.corpus) + request_documents(cfg.request_docs, cfg.request_seed)
-            + [p.output for p in fairytales.generate_pairs(cfg.story_docs, cfg.request_seed + 1)])
+            + fairytales.generate_stories(cfg.story_docs, cfg.request_seed))
     logger.info("training a %d-token byte-level BPE (split: %s) on %d documents", cfg.vocab_size, cfg.split, len(docs))
     tok = train_bpe(docs, cfg.vocab_size, split=cfg.split)
     model_cfg = model_config(cfg, tok)

@@ -33,7 +33,8 @@ BASE = dict(preset=_S.preset, split=_S.split, request_docs=_S.request_docs, stor
             eval_seeds=(0,))
 # The embedded default before 2026-11-30's afternoon, which rounds 1-4 changed: tiny-10m, words
 # split, the corpus alone, 500 steps of 8 x 256; LoRA r 16 at 1e-3 for 120 steps. Rounds 1-3 ran
-# before pre-training documents ended with <|im_end|> (minift/scratch.py): rerun today they differ.
+# before pre-training documents ended with <|im_end|> (minift/scratch.py), and round 3's story_docs
+# were generate_pairs' stories (now generate_stories'): rerun today they differ.
 OLD = dict(preset="tiny-10m", vocab=8192, split="words", request_docs=0, pretrain_steps=500, pre_batch=8,
            r=16, lora_lr=1e-3, lora_steps=120)
 # Smaller models than tiny-10m (ModelConfig fields over the preset): a 2-core CPU trains them at

@@ -46,7 +46,8 @@ def test_compiled_triton_kernels_match_their_references(tmp_path):
 # counted whole by max_memory_allocated (c10/cuda/CUDACachingAllocator.cpp: should_split). Which
 # block a tensor lands in depends on what was freed before it, not on the model: UNTIED's foreach
 # AdamW (CASES[8]) puts m and v of the embedding and of lm_head, then the step's six fp32 copies of
-# them (2,048,000 B each), into one 20 MiB segment, and the tenth takes the 491,520-B rest with it (-1.57% against max_memory_allocated on the H200: 31,772,704 B, which
+# them (2,048,000 B each), into one 20 MiB segment, and the tenth takes the 491,520-B rest with it
+# (-1.57% against max_memory_allocated on the H200: 31,772,704 B, which
 # minift.memory_tracker.CachingAllocatorReplay, fed the same step run on CPU with the Triton kernels
 # interpreted, reproduces to the byte).
 # So the estimate is checked against the tensors' own bytes (requested_bytes.all.peak) with the
@@ -80,7 +81,8 @@ def test_peak_matches_the_cuda_allocator(kw, method, dtype, ckpt, B, T, chunk):
     assert -0.01 <= err <= 0.05, f"{what}; requested bytes {m.peak_requested} ({100 * err:+.2f}%)"
     err = (est.total - m.peak) / m.peak
     low = -0.01 - K_SMALL_SIZE / m.peak
-    assert low <= err <= 0.05, f"{what}; max_memory_allocated {m.peak} ({100 * err:+.2f}%, allowed from {100 * low:+.2f}%)"
+    assert low <= err <= 0.05, \
+        f"{what}; max_memory_allocated {m.peak} ({100 * err:+.2f}%, allowed from {100 * low:+.2f}%)"
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
