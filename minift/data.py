@@ -11,6 +11,7 @@
     pack(examples, T)     short examples side by side in rows of T, with position_ids restarting at 0
                           and segment_ids, so attention stays inside each example
     text_rows(docs, T)    pre-training: one stream of tokens, documents separated by an end token
+    document_rows(docs,T) pre-training: whole documents in rows (best fit), never cut at a row's edge
     Batches(rows, B)      a resumable iterator of {"input_ids", "targets", ...} tensors on a device
     load_sft / load_pretrain   the above in one call, with a seeded validation split
     dataset_stats(path)   pairs / tokens in a file (for the four-path decision tree)
@@ -25,6 +26,7 @@ across the boundary raises rather than mask the wrong tokens). The span ends at 
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import json
 import logging
@@ -433,6 +435,51 @@ def text_rows(docs: Sequence[str], tok, seq_len: int, sep_id: int | None = None,
         stats.num_padding += pad
         rows.append(Example(x + [pad_id] * pad, y + [IGNORE_INDEX] * pad, num_padding=pad))
     stats.num_tokens = stats.num_loss_tokens = n_inputs
+    stats.num_rows = len(rows)
+    return rows, stats
+
+
+def document_rows(docs: Sequence[str], tok, seq_len: int, sep_id: int | None = None,
+                  pad_id: int = 0) -> tuple[list[Example], DatasetStats]:
+    """Pre-training rows that never cut a document: each document (its tokens and the separator)
+    lies whole in one row, several short ones side by side, put in rows by best fit (longest
+    first, each into the row with the least room that still holds it); the rest of a row is
+    padding. A document longer than a row is cut into row-sized pieces first.
+
+    Why: in text_rows' stream a window starts anywhere, so the start of a document and its end
+    rarely share a row, and what a document's end depends on (a story's requested last line, asked
+    for 500 tokens before it) is never in context. Here it always is. Attention crosses documents
+    inside a row as in the stream (no segment_ids: causal attention stays the fast kernel), and the
+    separator tells the model that what came before is unrelated. Rows of ~3 documents waste ~5%
+    in padding (fairytale request documents in 768-token rows)."""
+    sep = document_separator_id(tok) if sep_id is None else sep_id
+    # each piece is input + target tokens: a row of seq_len inputs holds seq_len + 1 of them
+    room = seq_len + 1
+    pieces = []
+    for doc in docs:
+        ids = tok.encode(doc) + [sep]
+        pieces += [ids[i:i + room] for i in range(0, len(ids), room)]
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))   # longest first, stable
+    rows_ids: list[list[int]] = []
+    free: list[tuple[int, int]] = []   # (room left, row index), kept sorted
+    for i in order:
+        n = len(pieces[i])
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            left, r = free.pop(at)
+        else:
+            left, r = room, len(rows_ids)
+            rows_ids.append([])
+        rows_ids[r] += pieces[i]
+        bisect.insort(free, (left - n, r))
+    stats, rows = DatasetStats(num_examples=len(docs)), []
+    for ids in rows_ids:
+        x, y = ids[:-1], ids[1:]
+        pad = seq_len - len(x)
+        stats.num_padding += pad
+        stats.num_tokens += len(x)
+        rows.append(Example(x + [pad_id] * pad, y + [IGNORE_INDEX] * pad, num_padding=pad))
+    stats.num_loss_tokens = stats.num_tokens
     stats.num_rows = len(rows)
     return rows, stats
 

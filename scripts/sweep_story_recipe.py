@@ -27,6 +27,7 @@ from minift.scratch import ScratchConfig, story_base_config
 _S = story_base_config()
 # The embedded default as it is now: minift.scratch.STORY_BASE and lora_qwen.py's TINY_DEFAULTS.
 BASE = dict(preset=_S.preset, split=_S.split, request_docs=_S.request_docs, story_docs=_S.story_docs,
+            rows=_S.rows, sketches=_S.request_sketches,
             pretrain_steps=_S.steps, pre_batch=_S.batch_size, pre_seq=_S.seq_len, pre_lr=_S.lr,
             vocab=_S.vocab_size, model={}, lora_steps=TINY_DEFAULTS["steps"], lora_lr=TINY_DEFAULTS["lr"],
             r=TINY_DEFAULTS["r"], lora_batch=TINY_DEFAULTS["batch_size"], dropout=TINY_DEFAULTS["dropout"], seed=0,
@@ -36,7 +37,7 @@ BASE = dict(preset=_S.preset, split=_S.split, request_docs=_S.request_docs, stor
 # before pre-training documents ended with <|im_end|> (minift/scratch.py), and round 3's story_docs
 # were generate_pairs' stories (now generate_stories'): rerun today they differ.
 OLD = dict(preset="tiny-10m", vocab=8192, split="words", request_docs=0, pretrain_steps=500, pre_batch=8,
-           r=16, lora_lr=1e-3, lora_steps=120)
+           r=16, lora_lr=1e-3, lora_steps=120, rows="stream", sketches=0, pre_seq=256)
 # Smaller models than tiny-10m (ModelConfig fields over the preset): a 2-core CPU trains them at
 # more tokens per second, and at this compute a smaller model is closer to compute-optimal.
 L4D256 = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -131,6 +132,25 @@ VARIANTS.update({f"default-seed{k}": dict(seed=k, eval_seeds=(0, 1, 2)) for k in
 VARIANTS.update({"default-seq512": dict(pre_seq=512, pretrain_steps=1500, eval_seeds=(0, 1, 2)),
                  "default-lora450": dict(lora_steps=450, eval_seeds=(0, 1, 2))})
 
+# round 6: whole documents in rows (minift.data.document_rows: a story's request is always in its
+# context, its requested ending included) and request sketches (minift.scratch.request_sketches:
+# the place and the ending decisions ~3x denser per token), at CPU budgets of ~400-800 s of
+# pre-training (2-core CPU, 2026-11-30: 4 x 768 document rows 0.71 s/step, 4 x 512 0.46 s,
+# 4 x 256 stream rows 0.19 s), 3 pre-training seeds each, 3 sampling seeds
+_DOC = dict(rows="documents", pre_seq=768, eval_seeds=(0, 1, 2))
+_ROUND6 = {
+    "doc768-800": dict(_DOC, pretrain_steps=800),
+    "doc768-800-sk8k": dict(_DOC, pretrain_steps=800, sketches=8000),
+    "doc768-800-r4k-sk16k": dict(_DOC, pretrain_steps=800, request_docs=4000, sketches=16000),
+    "doc768-550-sk8k": dict(_DOC, pretrain_steps=550, sketches=8000),
+    "doc768-1100-sk8k": dict(_DOC, pretrain_steps=1100, sketches=8000),
+    "doc512-1200-sk8k": dict(_DOC, pre_seq=512, pretrain_steps=1200, sketches=8000),
+    "stream-2300-sk8k": dict(pretrain_steps=2300, sketches=8000, eval_seeds=(0, 1, 2)),
+    "doc768-800-sk8k-lora200": dict(_DOC, pretrain_steps=800, sketches=8000, lora_steps=200),
+    "doc768-800-sk8k-prelr3e-3": dict(_DOC, pretrain_steps=800, sketches=8000, pre_lr=3e-3),
+}
+VARIANTS.update({f"{name}-seed{k}": dict(kw, seed=k) for name, kw in _ROUND6.items() for k in range(3)})
+
 
 def run_variant(name: str, work: str, device: str, data: str) -> dict:
     """One variant, in this process: pretrain, then LoRA with the story evaluation."""
@@ -142,7 +162,8 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
     tiny = os.path.join(work, name, "tiny")
     t0 = time.perf_counter()
     pre = train_from_scratch(ScratchConfig(out_dir=tiny, preset=v["preset"], split=v["split"],
-                                           request_docs=v["request_docs"],
+                                           request_docs=v["request_docs"], rows=v["rows"],
+                                           request_sketches=v["sketches"],
                                            story_docs=v["story_docs"], steps=v["pretrain_steps"],
                                            batch_size=v["pre_batch"], seq_len=v["pre_seq"], lr=v["pre_lr"],
                                            vocab_size=v["vocab"], model_overrides=v["model"], seed=v["seed"],
