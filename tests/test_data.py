@@ -389,6 +389,69 @@ def test_text_rows_are_one_stream_with_separators(tok):
     assert all(len(r) == 7 for r in rows) and stats.num_loss_tokens == len(stream) - 1
 
 
+
+def test_document_rows_keep_every_document_whole_in_one_row(tok):
+    """Each document and its separator lie contiguous in exactly one row (best fit may put several
+    in a row); nothing is dropped or repeated; a document longer than a row is cut into pieces that
+    fill whole rows; targets are the inputs moved one token on within each row."""
+    docs = ["토끼가 살았어요.", "곰이 살았어요. 곰은 꿀을 좋아했어요.", "끝.", "여우가 숲에서 길을 잃었어요. 다람쥐가 도와주었어요."]
+    sep = D.document_separator_id(tok)
+    pieces = [tok.encode(d) + [sep] for d in docs]
+    T = max(len(p) for p in pieces[:3]) + 1            # the three short ones fit a row; the last does not
+    assert len(pieces[3]) > T + 1
+    rows, stats = D.document_rows(docs, tok, seq_len=T)
+    seen = []
+    for r in rows:
+        n = len(r) - r.num_padding
+        ids = r.input_ids[:n] + [r.targets[n - 1]]               # the row's tokens, its last target too
+        assert r.targets[:n] == ids[1:] and set(r.targets[n:]) <= {D.IGNORE_INDEX} and len(r) == T
+        seen.append(ids)
+    for p in pieces[:3]:                                         # a short document: whole, in one row
+        assert sum(_contains(ids, p) for ids in seen) == 1
+    head, rest = pieces[3][:T + 1], pieces[3][T + 1:]             # a long one: a full row, then the rest
+    assert head in seen and len(rest) <= T + 1 and sum(_contains(ids, rest) for ids in seen) >= 1
+    assert sorted(t for ids in seen for t in ids) == sorted(t for p in pieces for t in p)
+    assert stats.num_tokens == stats.num_loss_tokens == sum(len(ids) - 1 for ids in seen)
+    assert stats.num_padding == sum(r.num_padding for r in rows) and stats.num_rows == len(rows)
+
+
+def test_document_rows_pack_by_best_fit(tok):
+    """Best fit, longest first: as few rows as the hand count below gives, fewer than filling rows
+    in the documents' order would take (checked at a row length where the two differ)."""
+    docs = ["토끼", "곰이 살았어요.", "여우가 숲에서 길을 잃었어요.", "끝.", "다람쥐가 도와주었어요. 고마워요.",
+            "호랑이가 왔어요.", "새가 노래했어요. 하늘이 맑았어요. 모두 웃었어요."]
+    lengths = [len(tok.encode(d)) + 1 for d in docs]          # + the separator
+    room = next(r for r in range(max(lengths), 4 * max(lengths))
+                if _best_fit_rows(lengths, r) < _in_order_rows(lengths, r))
+    rows, _ = D.document_rows(docs, tok, seq_len=room - 1)
+    assert len(rows) == _best_fit_rows(lengths, room) < _in_order_rows(lengths, room)
+
+
+def _best_fit_rows(lengths, room):
+    """The number of rows best fit decreasing needs, counted by hand."""
+    free = []
+    for n in sorted(lengths, reverse=True):
+        fits = [f for f in free if f >= n]
+        if fits:
+            free.remove(min(fits))
+            free.append(min(fits) - n)
+        else:
+            free.append(room - n)
+    return len(free)
+
+
+def _in_order_rows(lengths, room):
+    rows, left = 0, 0
+    for n in lengths:
+        if n > left:
+            rows, left = rows + 1, room
+        left -= n
+    return rows
+
+
+def _contains(seq, sub):
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
 # ------------------------------------------------------------------ split, batches, resume
 def test_val_split_is_seeded_and_disjoint():
     items = list(range(100))

@@ -18,7 +18,7 @@ from minift import fairytales
 from minift.generate import generate_ids
 from minift.data import read_jsonl
 from minift.scratch import (STORY_BASE, ScratchConfig, model_config, pretrain_rows, request_documents,
-                            story_base_config, train_from_scratch)
+                            request_sketches, story_base_config, train_from_scratch)
 from minift.tokenizer import train_bpe
 
 transformers = pytest.importorskip("transformers")
@@ -160,3 +160,35 @@ def test_story_base_is_the_small_preset_on_requests():
     assert cfg.request_docs > 0 and cfg.out_dir == STORY_BASE["out_dir"] != ScratchConfig().out_dir
     model = minift.Transformer(minift.ModelConfig.preset("tiny-2.5m"))
     assert model.num_params() == 2_559_936
+
+
+def test_request_sketches_hold_the_request_the_opening_and_the_closing_of_new_pairs():
+    """A sketch is its pair's request, then the story's first paragraph (with a title line before
+    it) and its last (with a 교훈 line after it), the middle left out; pairs after the request
+    documents' own, so no story is in both."""
+    seed, skip, n = ScratchConfig().request_seed, 50, 200
+    sketches = request_sketches(n, seed, skip=skip)
+    pairs = fairytales.generate_pairs(skip + n, seed)[skip:]
+    assert len(sketches) == n
+    for sketch, p in zip(sketches, pairs):
+        request = p.instruction + ("\n" + p.input if p.input else "")
+        lines = p.output.split("\n")
+        body = [i for i, line in enumerate(lines) if not line.startswith(("제목:", "교훈:"))]
+        kept = sketch[len(request) + 1:].split("\n")
+        assert sketch.startswith(request + "\n")
+        assert kept == lines[:body[0] + 1] + lines[body[-1]:]
+        assert p.spec.place in kept[body[0]] and len(kept) < len(lines)
+        if "happy_end" in p.spec.styles:
+            assert kept[-1].endswith(fairytales.HAPPY_END)
+    assert not set(sketches) & set(request_documents(skip, seed))
+
+
+def test_document_rows_end_every_document_with_the_eos_too_and_bad_row_kinds_are_named():
+    docs = fairytales.generate_stories(6, seed=3)
+    tok = train_bpe(docs, VOCAB)
+    data = pretrain_rows(docs, tok, 1024, val_fraction=0.0, seed=0, rows="documents")
+    ids = [t for ex in data.train                                    # each row's tokens, its last target too
+           for t in ex.input_ids[:len(ex) - ex.num_padding] + [ex.targets[len(ex) - ex.num_padding - 1]]]
+    assert ids.count(tok.eos_token_id) == len(docs) and tok.token_to_id("<|endoftext|>") not in ids
+    with pytest.raises(ValueError, match="rows must be 'stream' or 'documents', got 'windows'"):
+        pretrain_rows(docs, tok, 64, val_fraction=0.0, seed=0, rows="windows")
