@@ -7,8 +7,10 @@
 #   OUT=/some/dir PART=1/2 bash scripts/gpu_check.sh   # every 2nd test file from the 1st: the whole
 #                                                      # suite takes ~13 min on the H200 host, more
 #                                                      # than one 10-minute call; run 2/2 beside it
+#   OUT=/some/dir FILES="tests/test_tour.py tests/test_memory.py" bash scripts/gpu_check.sh   # these files
 #
-# Installs minift (editable, no network: --no-build-isolation --no-deps) and, if ./.whl holds
+# Installs minift (editable, no network: --no-build-isolation --no-deps; skipped where this
+# checkout is already installed) and, if ./.whl holds
 # wheels (bitsandbytes, liger-kernel on the GPU image), installs them with --target /tmp/site and
 # puts that on PYTHONPATH. Writes $OUT/junit.xml, $OUT/pytest.log and $OUT/gpu_check.json
 # (versions and counts). Fails if CUDA is missing, if any test fails or errors, or if no CUDA test ran.
@@ -25,11 +27,18 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   python -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl
   export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python -m pip install -q --no-build-isolation --no-deps -e .
+# install minift unless this checkout is already what `import minift` finds (outside the repo root,
+# where ./minift would shadow it): parts run side by side must not reinstall under each other
+repo=$(pwd)
+if ! (cd /tmp && python -c "import minift.kernels, os, sys; sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(minift.__file__))) != os.path.realpath(sys.argv[1]))" "$repo") 2>/dev/null; then
+  python -m pip install -q --no-build-isolation --no-deps -e .
+fi
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: no CUDA device')"
 
 files=()
-if [ -n "${PART:-}" ]; then
+if [ -n "${FILES:-}" ]; then
+  read -r -a files <<< "$FILES"
+elif [ -n "${PART:-}" ]; then
   k=${PART%/*}; n=${PART#*/}
   i=0
   for f in tests/test_*.py; do
@@ -66,7 +75,7 @@ for name in ("triton", "transformers", "peft", "bitsandbytes", "numpy"):
         versions[name] = __import__(name).__version__
     except ImportError:
         versions[name] = None
-report = {"part": os.environ.get("PART") or "all", "pytest_exit": status, "counts": counts, "cuda_tests_passed": len(cuda_ran), "versions": versions}
+report = {"part": os.environ.get("FILES") or os.environ.get("PART") or "all", "pytest_exit": status, "counts": counts, "cuda_tests_passed": len(cuda_ran), "versions": versions}
 json.dump(report, open(f"{out}/gpu_check.json", "w"), indent=1)
 print(json.dumps(report, indent=1))
 cuda_selected = any(c.get("classname", "").split(".")[-1] in cuda_files for c in cases)  # a PART may hold none
