@@ -76,7 +76,8 @@ class ScratchConfig:
 # (one H200 run: 88% of names, 78% of places after LoRA, from 24% / 30% before; the default run on
 # a 2-core CPU, 3 sampling seeds: 82% of names but 27% of places: places vary widely with the seed).
 STORY_BASE = dict(out_dir="runs/tiny-story", preset="tiny-2.5m", vocab_size=4096, split="particles",
-                  request_docs=8000, steps=3000, batch_size=4)
+                  request_docs=8000, request_sketches=8000, rows="documents", seq_len=512, steps=1200,
+                  batch_size=4, eval_every=300)
 
 
 def story_base_config(**overrides) -> ScratchConfig:

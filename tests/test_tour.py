@@ -84,8 +84,12 @@ def run(code: str, cwd: str) -> tuple[int, str, float]:
     # 16-core GPU host torch's idle worker threads alone would multiply it.
     # The tour is the CPU reader's path: on a GPU host the GPU stays hidden, or the stops' tests
     # would run their CUDA variants (compiling Triton kernels), which the 30 s is not about.
+    # OpenMP's idle workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE): a spinning worker
+    # counts as CPU time without doing work, and on a busy machine it spins the longer (measured
+    # 2026-11-30 on the 2-core CPU, stop 15's test alone: 32.5 s of CPU spinning, 17.6 s sleeping;
+    # on the busy H200 host: 67 s).
     env = dict(os.environ, PYTHONPATH=pythonpath_with(cwd), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2",
-               CUDA_VISIBLE_DEVICES="")
+               OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="")
     env.pop("MINIFT_KERNELS", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The wall-clock limit only stops a hung block: on a busy shared machine a 15 s (CPU) test has
