@@ -12,7 +12,9 @@ by side (--jobs); the tiny model leaves an H200 mostly idle. On CUDA both phases
 weights with fp32 adapter math, as the CPU does, so that the choice carries over.
 Variants are written against OLD (the default the rounds started from) and fill the rest from
 BASE (today's default); the rounds' results: results/h200/story_recipe_sweep*_2026-11-30.* (round
-1 ran with LoRA dropout 0.05; rounds 1-3 before the <|im_end|> document ends).
+1 ran with LoRA dropout 0.05; rounds 1-3 before the <|im_end|> document ends; round 6 chose
+today's default; round 7 ran on the 2-core CPU: results/cpu/story_recipe_sweep_round7_2026-11-30.json).
+On one H200 with 16 cores, 8 variants side by side took ~5 minutes; 24 did not finish in 9.
 """
 import argparse
 import json
@@ -150,6 +152,10 @@ _ROUND6 = {
     "doc768-800-sk8k-prelr3e-3": dict(_DOC, pretrain_steps=800, sketches=8000, pre_lr=3e-3),
 }
 VARIANTS.update({f"{name}-seed{k}": dict(kw, seed=k) for name, kw in _ROUND6.items() for k in range(3)})
+# round 7 (the 2-core CPU, one at a time): today's default (BASE: round 6's doc512-1200-sk8k) with
+# half the request documents traded for twice the sketches, the variant that gave endings 100%
+# in round 6 (in 768-token rows)
+VARIANTS.update({"default-r4k-sk16k": dict(request_docs=4000, sketches=16000, eval_seeds=(0, 1, 2))})
 
 
 def run_variant(name: str, work: str, device: str, data: str) -> dict:

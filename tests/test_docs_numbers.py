@@ -454,6 +454,14 @@ def capstone(report):
             f"over the whole recipe ({gib(report['measured_peak_bytes'])} GiB"]
 
 
+def story_eval(ev):
+    """scripts/evaluate_stories.py's means and spreads over sampling seeds, one row per metric."""
+    def cell(side, metric):
+        spread = ev[side]["std_over_seeds"][metric]
+        return f"{pct(ev[side]['mean'][metric])} ± {100 * spread:.1f}"
+    return {(m,): {"before LoRA": cell("before", m), "after LoRA": cell("after", m)} for m in ev["after"]["mean"]}
+
+
 COMPARE_LABEL = {"full": "full SFT", "lora": "LoRA", "qlora": "QLoRA"}
 
 
@@ -643,8 +651,10 @@ CHECKS = [   # in the order of the docs
     Table("kernels", "docs/speed.md", (KERNELS, XENT, H200 + "check_kernels_xent_recheck.json"), 2, speed_kernels),
     Text("kernels, after", "docs/speed.md", (XENT, KERNELS), kernels_after),
     Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
-    Text("capstone default", "docs/cpu.md", (CPU + "default_run_2026-11-30_story/lora_qwen_default_report.json",),
+    Text("capstone default", "docs/cpu.md", (CPU + "default_run_2026-11-30_docrows/lora_qwen_default_report.json",),
          capstone),
+    Table("capstone evaluation", "docs/cpu.md", (CPU + "default_run_2026-11-30_docrows/evaluate_stories_3seeds.json",),
+          1, story_eval),
     Text("chapter's exercise, intro", "docs/cpu.md", (CPU + "compare_methods.json",), compare_intro),
     Table("chapter's exercise", "docs/cpu.md", (CPU + "compare_methods.json",), 1, compare_methods),
     Text("training loop overhead", "docs/cpu.md",
