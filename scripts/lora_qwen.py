@@ -40,6 +40,10 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # (bernoulli, drawn again when backward recomputes it) took 23% of a LoRA step (measured on the
 # 10M base 2026-11-30: 530 s without it, 672 s with 0.05, at the same scores).
 TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=300, lr=3e-3, r=128, alpha=256, dropout=0.0)
+# Full SFT moves every weight of the base: a tenth of the adapters' rate, the ratio of
+# minift.finetune's own defaults (2e-5 vs 2e-4). At 3e-3 the tiny base's held-out loss rose from
+# 0.190 to 0.612 in compare_methods.py's 40 steps (2026-11-30): the chapter's forgetting.
+TINY_FULL_LR = TINY_DEFAULTS["lr"] / 10
 QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32, dropout=0.05)
 
 
@@ -99,6 +103,8 @@ def main():
             print(f"{model_dir} is missing: training it first (scripts/train_tiny.py --story-base does the same).")
             train_from_scratch(story_base_config(out_dir=model_dir, progress=not a.no_progress))
     defaults = TINY_DEFAULTS if embedded else QWEN_DEFAULTS
+    if embedded and a.method == "full":
+        defaults = dict(defaults, lr=TINY_FULL_LR)
     pick = lambda name: getattr(a, name) if getattr(a, name) is not None else defaults[name]  # noqa: E731
     targets = a.targets if a.targets == "all-linear" or "," not in a.targets else a.targets.split(",")
 

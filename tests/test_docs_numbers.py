@@ -466,12 +466,12 @@ COMPARE_LABEL = {"full": "full SFT", "lora": "LoRA", "qlora": "QLoRA"}
 
 
 def compare_intro(compare):
-    configs = [row["report"]["config"] for row in compare]
-    lrs = {c["lr"] for c in configs}
-    assert len(lrs) == 1, f"the methods ran at different learning rates {lrs}: the text says one"
-    c = configs[0]
-    return [f"{c['max_examples']} pairs, {c['steps']} steps x {c['batch_size']} x {c['seq_len']} each, "
-            f"all three at lr {sci(lrs.pop())}"]
+    configs = {row["method"]: row["report"]["config"] for row in compare}
+    c = configs["full"]
+    assert configs["lora"]["lr"] == configs["qlora"]["lr"], "the text gives the adapters one learning rate"
+    assert all(cfg[k] == c[k] for cfg in configs.values() for k in ("max_examples", "steps", "batch_size", "seq_len"))
+    return [f"{c['max_examples']} pairs, {c['steps']} steps x {c['batch_size']} x {c['seq_len']} each, LoRA and QLoRA "
+            f"r {configs['lora']['r']} at lr {sci(configs['lora']['lr'])}, full SFT at lr {sci(c['lr'])}"]
 
 
 def compare_methods(compare):
@@ -479,9 +479,17 @@ def compare_methods(compare):
     return {(f"{COMPARE_LABEL[row['method']]} (lr {sci(row['report']['config']['lr'])})",): {
         "trained params": f"{rep['trainable_params']:,}",
         "held-out loss before -> after": f"{rep['eval_before']['loss']:.3f} -> {rep['eval_after']['loss']:.3f}",
-        "peak RSS above start": f"{gib(rep['measured_peak_bytes'])} GiB",
+        "peak resident memory": f"{gib(rep['measured_peak_bytes'])} GiB",
         "train time": f"{rep['train_time_s']:.0f} s", "saved size": f"{rep['saved_bytes'] / 1e6:.1f} MB"}
         for row in compare for rep in [row["report"]]}
+
+
+def compare_stories(compare):
+    """scripts/compare_methods.py's story table: before -> after per method, whole percents."""
+    def cell(rep, m):
+        return f"{100 * rep['story_eval_before']['mean'][m]:.0f}% -> {100 * rep['story_eval_after']['mean'][m]:.0f}%"
+    metrics = compare[0]["report"]["story_eval_after"]["mean"]
+    return {(m,): {COMPARE_LABEL[row["method"]]: cell(row["report"], m) for row in compare} for m in metrics}
 
 
 def bench_tiny(cpu, h200, h200_graph):
@@ -657,6 +665,7 @@ CHECKS = [   # in the order of the docs
           1, story_eval),
     Text("chapter's exercise, intro", "docs/cpu.md", (CPU + "compare_methods.json",), compare_intro),
     Table("chapter's exercise", "docs/cpu.md", (CPU + "compare_methods.json",), 1, compare_methods),
+    Table("chapter's exercise, stories", "docs/cpu.md", (CPU + "compare_methods.json",), 1, compare_stories),
     Text("training loop overhead", "docs/cpu.md",
          (CPU + "bench_tiny_cpu.json", H200 + "bench_tiny_h200.json", H200 + "bench_tiny_h200_graph.json"), bench_tiny),
     Text("decoding setup", "docs/cpu.md", DECODE, decode_setup),
