@@ -1,8 +1,8 @@
 """Path 1 of the seed chapter: train the ~10M-parameter model from random weights.
 
-    raw stories (+ optionally stories under their requests) -> byte-level BPE (8,192 tokens,
-    trained here) -> packed 256-token rows -> Transformer(tiny-10m) -> AdamW + warmup/cosine
-    -> HF layout on disk
+    raw stories (+ optionally stories under their requests, and request sketches) -> byte-level
+    BPE (8,192 tokens, trained here) -> 256-token stream rows (or rows of whole documents) ->
+    Transformer(tiny-10m) -> AdamW + warmup/cosine -> HF layout on disk
 
 The result is an ordinary Hugging Face checkpoint (config.json, model.safetensors, tokenizer
 files): minift.load_pretrained and transformers' AutoModelForCausalLM both load it, and the

@@ -34,8 +34,8 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # (minift.scratch.STORY_BASE, hidden size 192) r 128 is most of the rank there is, and it was the
 # best measured (scripts/sweep_story_recipe.py rounds 3-4: r 16 at 1e-3 for 120 steps named 35% of
 # the requested characters, r 128 at 3e-3 for 300 steps 31-88% over seeds and pre-training
-# lengths; round 6's bases, all at r 128: 11-92%). The chapter's "r >= 64 overfits" (failure point 5, printed as a warning) is about
-# billion-parameter models.
+# lengths; round 6's bases, all at r 128: 11-92%). The chapter's "r >= 64 overfits" (failure
+# point 5, printed as a warning) is about billion-parameter models.
 # dropout 0 (peft's default) for the tiny model: on a 2-core CPU each adapter's dropout mask
 # (bernoulli, drawn again when backward recomputes it) took 23% of a LoRA step (measured on the
 # 10M base 2026-11-30: 530 s without it, 672 s with 0.05, at the same scores).
