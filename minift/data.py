@@ -450,8 +450,8 @@ def document_rows(docs: Sequence[str], tok, seq_len: int, sep_id: int | None = N
     rarely share a row, and what a document's end depends on (a story's requested last line, asked
     for 500 tokens before it) is never in context. Here it always is. Attention crosses documents
     inside a row as in the stream (no segment_ids: causal attention stays the fast kernel), and the
-    separator tells the model that what came before is unrelated. Rows of ~3 documents waste ~5%
-    in padding (fairytale request documents in 768-token rows)."""
+    separator tells the model that what came before is unrelated. The capstone's base (request
+    documents and sketches in 512-token rows) wastes 3.4% of its rows in padding."""
     sep = document_separator_id(tok) if sep_id is None else sep_id
     # each piece is input + target tokens: a row of seq_len inputs holds seq_len + 1 of them
     room = seq_len + 1

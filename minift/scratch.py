@@ -148,12 +148,19 @@ def request_sketches(n: int, seed: int, skip: int = 0) -> list[str]:
     return sketches
 
 
+_ROWS = {"stream": text_rows, "documents": document_rows}
+
+
+def _check_rows(rows: str) -> None:
+    if rows not in _ROWS:
+        raise ValueError(f"rows must be 'stream' or 'documents', got {rows!r}")
+
+
 def pretrain_rows(docs: list[str], tok, seq_len: int, *, val_fraction: float, seed: int,
                   rows: str = "stream") -> Dataset:
     """minift.data.load_pretrain for documents already in memory, in stream or document rows."""
-    make_rows = {"stream": text_rows, "documents": document_rows}.get(rows)
-    if make_rows is None:
-        raise ValueError(f"rows must be 'stream' or 'documents', got {rows!r}")
+    _check_rows(rows)
+    make_rows = _ROWS[rows]
     train_d, val_d = train_val_split(docs, val_fraction, seed)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     # Every document ends with the eos token, <|im_end|>, not <|endoftext|> (Qwen's separator): the
@@ -167,6 +174,7 @@ def pretrain_rows(docs: list[str], tok, seq_len: int, *, val_fraction: float, se
 
 
 def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
+    _check_rows(cfg.rows)   # before minutes of BPE training, not after
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     docs = (read_text(cfg.corpus) + request_documents(cfg.request_docs, cfg.request_seed)

@@ -42,7 +42,8 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=300, lr=3e-3, r=128, alpha=256, dropout=0.0)
 # Full SFT moves every weight of the base: a tenth of the adapters' rate, the ratio of
 # minift.finetune's own defaults (2e-5 vs 2e-4). At 3e-3 the tiny base's held-out loss rose from
-# 0.190 to 0.612 in compare_methods.py's 40 steps (2026-11-30): the chapter's forgetting.
+# 0.190 to 0.612 in compare_methods.py's budget (2026-11-30, results/cpu/full_sft_at_lora_lr_report.json:
+# `--method full --lr 3e-3 --max-examples 100 --steps 40 --batch-size 4`): the chapter's forgetting.
 TINY_FULL_LR = TINY_DEFAULTS["lr"] / 10
 QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32, dropout=0.05)
 

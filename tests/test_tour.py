@@ -86,8 +86,9 @@ def run(code: str, cwd: str) -> tuple[int, str, float]:
     # would run their CUDA variants (compiling Triton kernels), which the 30 s is not about.
     # OpenMP's idle workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE): a spinning worker
     # counts as CPU time without doing work, and on a busy machine it spins the longer (measured
-    # 2026-11-30 on the 2-core CPU, stop 15's test alone: 32.5 s of CPU spinning, 17.6 s sleeping;
-    # on the busy H200 host: 67 s).
+    # 2026-11-30 on the 2-core CPU, stop 15's test alone: 32.5 s of CPU spinning, 17.6 s sleeping).
+    # It does not cure a busy 16-core host: there the same test took 67 s spinning and 82 s
+    # sleeping, building its decode kernels with gcc from an empty cache (README, versions).
     env = dict(os.environ, PYTHONPATH=pythonpath_with(cwd), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2",
                OMP_WAIT_POLICY="PASSIVE", CUDA_VISIBLE_DEVICES="")
     env.pop("MINIFT_KERNELS", None)
