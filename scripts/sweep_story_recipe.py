@@ -29,11 +29,11 @@ from minift.scratch import ScratchConfig, story_base_config
 _S = story_base_config()
 # The embedded default as it is now: minift.scratch.STORY_BASE and lora_qwen.py's TINY_DEFAULTS.
 BASE = dict(preset=_S.preset, split=_S.split, request_docs=_S.request_docs, story_docs=_S.story_docs,
-            rows=_S.rows, sketches=_S.request_sketches,
+            rows=_S.rows, sketches=_S.request_sketches, sketch_end=_S.sketch_ending_share,
             pretrain_steps=_S.steps, pre_batch=_S.batch_size, pre_seq=_S.seq_len, pre_lr=_S.lr,
             vocab=_S.vocab_size, model={}, lora_steps=TINY_DEFAULTS["steps"], lora_lr=TINY_DEFAULTS["lr"],
             r=TINY_DEFAULTS["r"], lora_batch=TINY_DEFAULTS["batch_size"], dropout=TINY_DEFAULTS["dropout"], seed=0,
-            eval_seeds=(0,))
+            eval_seeds=(0,), probe=0)
 # The embedded default before 2026-11-30's afternoon, which rounds 1-4 changed: tiny-10m, words
 # split, the corpus alone, 500 steps of 8 x 256; LoRA r 16 at 1e-3 for 120 steps. Rounds 1-3 ran
 # before pre-training documents ended with <|im_end|> (minift/scratch.py), and round 3's story_docs
@@ -162,6 +162,50 @@ VARIANTS.update({"default-r4k-sk16k": dict(request_docs=4000, sketches=16000, ev
                  "default-6heads": dict(model=dict(num_attention_heads=6, num_key_value_heads=6),
                                         eval_seeds=(0, 1, 2))})
 
+# round 8: the requested ending. Only 6 of the 50 held-out requests ask for it (18 stories over 3
+# seeds: one story moves the score 5.6 points), so each variant is also scored on a probe of
+# `probe` fresh requests that ask and as many that do not (pairs of seed 7, never trained on):
+# "probe_ending" (the ending used when asked) and "probe_unasked_ending" (used when not asked).
+# Half the sketches ask for the ending (scratch.request_sketches' ending_share) instead of ~14%.
+_R8 = dict(eval_seeds=(0, 1, 2), probe=40)
+VARIANTS.update({f"{name}-seed{k}": dict(kw, seed=k) for name, kw in {
+    "default": _R8,
+    "sk8k-end50": dict(_R8, sketch_end=0.5),
+    "r4k-sk16k-end50": dict(_R8, request_docs=4000, sketches=16000, sketch_end=0.5),
+    "sk8k-end30": dict(_R8, sketch_end=0.3),
+}.items() for k in range(2)})
+
+
+def ending_probe(model_dir: str, adapter_dir: str, data: str, n: int, device: str) -> dict:
+    """The fine-tuned model's ending on n fresh requests that ask for it and n that do not."""
+    import tempfile
+    from minift import evaluate as ev, fairytales
+    from minift.checkpoint import load_pretrained
+    from minift.data import read_jsonl
+    from minift.lora import load_adapter
+    from minift.tokenizer import load_tokenizer
+    pairs = fairytales.generate_pairs(40 * n, 7)
+    asking = [p for p in pairs if "happy_end" in p.spec.styles][:n]
+    unasked = [p for p in pairs if "happy_end" not in p.spec.styles][:n]
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as f:
+        for p in asking + unasked:
+            f.write(json.dumps({"instruction": p.instruction, "input": p.input, "output": p.output},
+                               ensure_ascii=False) + "\n")
+    conversations = read_jsonl(f.name).conversations
+    os.unlink(f.name)
+    train_c, _ = ev.split_requests(data)
+    tok = load_tokenizer(model_dir)
+    model = load_pretrained(model_dir, device=device)
+    load_adapter(model, adapter_dir)
+    result = ev.evaluate_stories(model, tok, conversations, ev.length_bands(train_c), seeds=(0,),
+                                 max_new_tokens=ev.story_token_budget(train_c, tok))
+    stories = [r["story"] for r in result["per_request"]]
+    def ends_happy(story):
+        narrative = [s for s in ev.sentences(story) if not s.startswith(("제목:", "교훈:"))]
+        return bool(narrative) and narrative[-1].endswith(fairytales.HAPPY_END)
+    return {"probe_ending": sum(map(ends_happy, stories[:n])) / n,
+            "probe_unasked_ending": sum(map(ends_happy, stories[n:])) / n}
+
 
 def run_variant(name: str, work: str, device: str, data: str) -> dict:
     """One variant, in this process: pretrain, then LoRA with the story evaluation."""
@@ -174,7 +218,7 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
     t0 = time.perf_counter()
     pre = train_from_scratch(ScratchConfig(out_dir=tiny, preset=v["preset"], split=v["split"],
                                            request_docs=v["request_docs"], rows=v["rows"],
-                                           request_sketches=v["sketches"],
+                                           request_sketches=v["sketches"], sketch_ending_share=v["sketch_end"],
                                            story_docs=v["story_docs"], steps=v["pretrain_steps"],
                                            batch_size=v["pre_batch"], seq_len=v["pre_seq"], lr=v["pre_lr"],
                                            vocab_size=v["vocab"], model_overrides=v["model"], seed=v["seed"],
@@ -190,7 +234,8 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
                                   story_eval_seeds=tuple(v["eval_seeds"])),
                    model_dir=tiny)
     t2 = time.perf_counter()
-    return {"name": name, "settings": v, "num_params": pre.num_params, "pretrain_tokens": pre.result.tokens_seen,
+    probe = ending_probe(tiny, rep.saved["adapter"], data, v["probe"], device) if v["probe"] else {}
+    return {**probe, "name": name, "settings": v, "num_params": pre.num_params, "pretrain_tokens": pre.result.tokens_seen,
             "pretrain_s": round(t1 - t0, 1), "pretrain_val_loss": (pre.result.eval_history or [{}])[-1].get("loss"),
             "lora_seq_len": rep.config["seq_len"], "lora_s": round(t2 - t1, 1),
             "eval_loss": [rep.eval_before["loss"], rep.eval_after["loss"]],
@@ -254,7 +299,9 @@ def main():
             if "after" in r:
                 print(f"{name:34s} pre {r['pretrain_s']:6.0f}s lora {r['lora_s']:5.0f}s  after: " +
                       " ".join(f"{k} {v:.2f}" for k, v in r["after"].items()) +
-                      f"  (before: characters {r['before']['characters']:.2f} place {r['before']['place']:.2f})",
+                      f"  (before: characters {r['before']['characters']:.2f} place {r['before']['place']:.2f})" +
+                      (f"  probe: ending {r['probe_ending']:.2f} unasked {r['probe_unasked_ending']:.2f}"
+                       if "probe_ending" in r else ""),
                       flush=True)
             else:
                 print(f"{name:34s} {r['error']}", flush=True)

@@ -182,6 +182,26 @@ def test_request_sketches_hold_the_request_the_opening_and_the_closing_of_new_pa
             assert kept[-1].endswith(fairytales.HAPPY_END)
 
 
+def test_sketch_ending_share_picks_asking_and_unasked_pairs_in_order():
+    """ending_share=0.5: half the sketches come from pairs that ask for the happy ending, half from
+    pairs that do not, each half in the pairs' own order and past the skipped pairs; None keeps the
+    pairs as they come (~14% ask); a share outside [0, 1] is refused."""
+    seed, skip, n = ScratchConfig().request_seed, 30, 40
+    sketches = request_sketches(n, seed, skip=skip, ending_share=0.5)
+    pairs = fairytales.generate_pairs(skip + 2000, seed)[skip:]
+    asking = [p for p in pairs if "happy_end" in p.spec.styles][:n // 2]
+    unasked = [p for p in pairs if "happy_end" not in p.spec.styles][:n // 2]
+    every = request_sketches(len(pairs), seed, skip=skip)             # one sketch per pair, in order
+    for chosen in (asking, unasked):
+        expected = [every[i] for i, p in enumerate(pairs) if p in chosen]
+        assert [s for s in sketches if s in expected] == expected
+    assert len(sketches) == n
+    assert sum(s.split("\n")[-1].endswith(fairytales.HAPPY_END) for s in sketches) == n // 2
+    assert request_sketches(n, seed, skip=skip, ending_share=None) == request_sketches(n, seed, skip=skip)
+    with pytest.raises(ValueError, match="ending_share must be in \\[0, 1\\] or None, got 1.5"):
+        request_sketches(n, seed, ending_share=1.5)
+
+
 def test_document_rows_end_every_document_with_the_eos_too_and_bad_row_kinds_are_named():
     docs = fairytales.generate_stories(6, seed=3)
     tok = train_bpe(docs, VOCAB)
