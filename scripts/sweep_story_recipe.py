@@ -167,7 +167,8 @@ VARIANTS.update({"default-r4k-sk16k": dict(request_docs=4000, sketches=16000, ev
 # `probe` fresh requests that ask and as many that do not (pairs of seed 7, never trained on):
 # "probe_ending" (the ending used when asked) and "probe_unasked_ending" (used when not asked).
 # Half the sketches ask for the ending (scratch.request_sketches' ending_share) instead of ~14%.
-_R8 = dict(eval_seeds=(0, 1, 2), probe=40)
+# "default" is the default of the day (round 6's), pinned here: round 8 chose today's.
+_R8 = dict(eval_seeds=(0, 1, 2), probe=40, request_docs=8000, sketches=8000, sketch_end=None)
 VARIANTS.update({f"{name}-seed{k}": dict(kw, seed=k) for name, kw in {
     "default": _R8,
     "sk8k-end50": dict(_R8, sketch_end=0.5),
