@@ -89,11 +89,12 @@ def run(code: str, cwd: str) -> tuple[int, str, float]:
     # 2026-11-30 on the 2-core CPU, stop 15's test alone: 32.5 s of CPU spinning, 17.6 s sleeping).
     # It does not cure a busy 16-core host: there the same test took 67 s spinning and 82 s
     # sleeping, building its decode kernels with gcc from an empty cache (README, versions).
-    # TorchInductor builds kernels in a pool of one worker process per core (each imports torch
-    # first): 2 workers, as on the 2-core machine, not 16 (stop 15's test from an empty kernel cache,
-    # 2026-11-30 on the 2-core CPU: 28.8 s of CPU with 16 workers, 25.0 s with 2; 17.2 s warm).
+    # TorchInductor builds kernels in a pool of one worker process per core, each importing torch
+    # first: CPU time the stop's test does not need. With one compile thread it builds in the test's
+    # own process (stop 15's test from an empty kernel cache, 2026-11-30 on the 2-core CPU: 28.8 s
+    # of CPU with 16 workers, as a 16-core host starts, 25.0 s with 2, 23.3 s with 1; 17.2 s warm).
     env = dict(os.environ, PYTHONPATH=pythonpath_with(cwd), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2",
-               OMP_WAIT_POLICY="PASSIVE", TORCHINDUCTOR_COMPILE_THREADS="2", CUDA_VISIBLE_DEVICES="")
+               OMP_WAIT_POLICY="PASSIVE", TORCHINDUCTOR_COMPILE_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("MINIFT_KERNELS", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The wall-clock limit only stops a hung block: on a busy shared machine a 15 s (CPU) test has
