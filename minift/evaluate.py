@@ -178,18 +178,23 @@ def length_bands(conversations) -> dict[str, tuple[int, int]]:
     return {k: (min(v), max(v)) for k, v in bands.items()}
 
 
+def ends_with(story: str, ending: str) -> bool:
+    """Whether the story's last sentence, past a 교훈 line or a title, ends with `ending`."""
+    narrative = [s for s in sentences(story) if not s.startswith(("제목:", "교훈:"))]
+    return bool(narrative) and narrative[-1].endswith(ending)
+
+
 def score_story(request: StoryRequest, story: str, bands: dict[str, tuple[int, int]]) -> dict[str, float | None]:
     """Each metric of METRICS for one story (None: `ending` where none was asked)."""
     said = sentences(story)
     lines = [ln.strip() for ln in story.split("\n") if ln.strip()]
-    narrative = [s for s in said if not s.startswith(("제목:", "교훈:"))]
     lo, hi = bands.get(request.length, (0, math.inf))
     shape = story_shape(story)
     return {
         "characters": sum(name_mentioned(story, c) for c in request.characters) / len(request.characters),
         "place": float(request.place in story),
         "lesson": float(request.lesson in story),
-        "ending": None if request.ending is None else float(bool(narrative) and narrative[-1].endswith(request.ending)),
+        "ending": None if request.ending is None else float(ends_with(story, request.ending)),
         "length": float(lo <= len(story) <= hi),
         "no_repeat": float(len(set(said)) == len(said) and len(set(lines)) == len(lines)),
         "shape": sum(shape.values()) / len(shape),

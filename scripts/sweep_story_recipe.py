@@ -200,12 +200,8 @@ def ending_probe(model_dir: str, adapter_dir: str, data: str, n: int, device: st
     load_adapter(model, adapter_dir)
     result = ev.evaluate_stories(model, tok, conversations, ev.length_bands(train_c), seeds=(0,),
                                  max_new_tokens=ev.story_token_budget(train_c, tok))
-    stories = [r["story"] for r in result["per_request"]]
-    def ends_happy(story):
-        narrative = [s for s in ev.sentences(story) if not s.startswith(("제목:", "교훈:"))]
-        return bool(narrative) and narrative[-1].endswith(fairytales.HAPPY_END)
-    return {"probe_ending": sum(map(ends_happy, stories[:n])) / n,
-            "probe_unasked_ending": sum(map(ends_happy, stories[n:])) / n}
+    happy = [ev.ends_with(r["story"], fairytales.HAPPY_END) for r in result["per_request"]]
+    return {"probe_ending": sum(happy[:n]) / n, "probe_unasked_ending": sum(happy[n:]) / n}
 
 
 def run_variant(name: str, work: str, device: str, data: str) -> dict:
