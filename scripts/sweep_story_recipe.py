@@ -13,7 +13,8 @@ weights with fp32 adapter math, as the CPU does, so that the choice carries over
 Variants are written against OLD (the default the rounds started from) and fill the rest from
 BASE (today's default); the rounds' results: results/h200/story_recipe_sweep*_2026-11-30.* (round
 1 ran with LoRA dropout 0.05; rounds 1-3 before the <|im_end|> document ends; round 6 chose
-today's default; round 7 ran on the 2-core CPU: results/cpu/story_recipe_sweep_round7_2026-11-30.json).
+today's default; rounds 7 and 9 ran on the 2-core CPU: results/cpu/story_recipe_sweep_round{7,9}_2026-11-30.json;
+round 8 scored the requested ending on a probe of fresh requests too).
 On one H200 with 16 cores, 8 variants side by side took ~5 minutes; 24 did not finish in 9.
 """
 import argparse
@@ -167,7 +168,9 @@ VARIANTS.update({"default-r4k-sk16k": dict(request_docs=4000, sketches=16000, ev
 # `probe` fresh requests that ask and as many that do not (pairs of seed 7, never trained on):
 # "probe_ending" (the ending used when asked) and "probe_unasked_ending" (used when not asked).
 # Half the sketches ask for the ending (scratch.request_sketches' ending_share) instead of ~14%.
-# "default" is the default of the day (round 6's), pinned here: round 8 chose today's.
+# "default" is today's default (round 6's), pinned here. Round 9 ran sk8k-end50-seed0 on the 2-core
+# CPU (names 96%, places 33%, endings 44%); r4k-sk16k-end50 ran there as the default run
+# (results/cpu/default_run_2026-11-30_end50/: names 45%, places 87%, endings 100%): not adopted.
 _R8 = dict(eval_seeds=(0, 1, 2), probe=40, request_docs=8000, sketches=8000, sketch_end=None)
 VARIANTS.update({f"{name}-seed{k}": dict(kw, seed=k) for name, kw in {
     "default": _R8,
