@@ -14,7 +14,6 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from minift import lora
 from minift.config import ModelConfig
@@ -52,9 +51,9 @@ def test_matvec_cpu_matches_float64(dtype, with_bias):
     assert ((OUT, IN), dtype, with_bias) in matvec.compiled_shapes()  # the kernel ran, not the fallback
 
 
-def _spy(monkeypatch) -> list:
-    """Record every call that reaches the compiled kernel (and still run it)."""
-    calls, real = [], matvec.matvec_cpu
+def _spy(monkeypatch, answer=None) -> list:
+    """Record every call that reaches the compiled kernel, and run it (or `answer` instead)."""
+    calls, real = [], answer or matvec.matvec_cpu
 
     def spy(x, weight, bias=None):
         calls.append(tuple(weight.shape))
@@ -104,6 +103,9 @@ VOCAB = 320
 @pytest.fixture(scope="module")
 def pair():
     """A tiny random Qwen2 (q/k/v biases, tied head) in transformers and the same weights in minift."""
+    # imported here, not above: importing transformers takes ~6 s of CPU, which the tour's stop 15
+    # (its tests without this fixture) would pay for nothing
+    from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -163,22 +165,24 @@ def test_auto_compiles_only_for_big_cpu_models(pair, monkeypatch):
 
 
 def test_the_caller_sees_the_plain_model_between_tokens(monkeypatch):
-    # Every projection one shape, (64, 64) without bias, so the point costs one kernel build, not the
-    # tiny Qwen's six: a build took ~7 s of CPU on the H200 host's torch 2.11 (this test: 45 s there
-    # with a warm kernel cache, 2026-11-30), and the tour runs this test within 30 s.
+    # What the caller sees is this test's point, not the kernel's numbers (the greedy test above
+    # checks those): the spy records each call that reaches the kernel and answers with F.linear, so
+    # no kernel is built (a build: ~12 s of CPU on the 2-core machine from an empty cache, and ~7 s
+    # each even from a warm one on the H200 host's torch 2.11), and the model is minift's alone (the
+    # `pair` fixture imports transformers: ~6 s). The tour runs this test within 30 s of CPU.
     torch.manual_seed(0)
-    ours = Transformer(ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                                   qkv_bias=False)).eval()
-    prompt = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
+    ours = Transformer(ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)).eval()
+    prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(matvec, "MIN_WEIGHT_BYTES", 0)
-    calls = _spy(monkeypatch)
+    built = len(matvec.compiled_shapes())
+    calls = _spy(monkeypatch, answer=matvec.matvec_reference)
     plain = dict(ours.named_modules())
     for _ in stream_ids(ours, prompt, max_new_tokens=5, fast_matvec=True):
         assert dict(ours.named_modules()) == plain  # the same module objects, no DecodeLinear
-    assert dict(ours.named_modules()) == plain and len(calls) == 4 * (2 * 7 + 1) + 1  # yet the kernel ran
+    assert dict(ours.named_modules()) == plain and len(calls) == 4 * (2 * 7 + 1) + 1  # yet the kernel was called
     assert not any(isinstance(m, DecodeLinear) for m in ours.modules())
-    assert set(calls) == {(64, 64)}
+    assert len(matvec.compiled_shapes()) == built
 
 
 def test_decode_swaps_leave_hooked_compiled_and_adapter_layers_alone(pair, prompt, monkeypatch):
