@@ -84,7 +84,7 @@ class ScratchConfig:
 # half the request documents, the ending was used 100% of the times asked and never when not asked
 # (2 pre-training seeds, a probe of 40 fresh requests each way), names 83-93%, places 85-95%. On the
 # 2-core CPU the same recipe, run as the default, gave endings 100% and places 87% but names 45%;
-# round 8's 8,000 + 8,000 with half asking gave names 96%, places 33%, endings 44%
+# 8,000 + 8,000 with half asking (round 9, on the CPU) gave names 96%, places 33%, endings 44%
 # (results/cpu/default_run_2026-11-30_end50/, results/cpu/story_recipe_sweep_round9_2026-11-30.json).
 # At this budget each run learns two of the three, and which two the seed decides: the default
 # stays the recipe whose CPU run learned names and places, the skills most requests test.
