@@ -646,12 +646,23 @@ def _pad_id(tok) -> int:
     return pid if pid is not None else 0  # the value is never graded (targets are -100 there)
 
 
+def upsample_requests(conversations: list, text: str, times: int) -> list:
+    """The conversations, with those whose first user turn contains `text` repeated to `times`
+    copies in all (the extra copies after the originals; Batches shuffles the rows)."""
+    if times < 1:
+        raise ValueError(f"upsample times must be >= 1, got {times}")
+    asking = [c for c in conversations if text in next((m["content"] for m in c if m["role"] == "user"), "")]
+    return list(conversations) + asking * (times - 1)
+
+
 def load_sft(path: str, tok, seq_len: int, *, pack_rows: bool = True, val_fraction: float = 0.0, seed: int = 0,
              on_long: str = "truncate", skip_bad_lines: bool = False, end_of_turn: str = "<|im_end|>",
-             max_examples: int | None = None) -> Dataset:
+             max_examples: int | None = None, upsample: tuple[str, int] | None = None) -> Dataset:
     """Pairs or chats (JSONL) -> masked examples -> (packed) rows, split into train and validation
     by conversation before tokenizing, so no conversation is in both. max_examples: use only the
-    file's first that many conversations (e.g. the seed chapter's "100 pairs" exercise)."""
+    file's first that many conversations (e.g. the seed chapter's "100 pairs" exercise).
+    upsample=(text, times): the training conversations whose first user turn contains `text` are
+    used `times` times (a request the data holds too seldom to be learned); validation untouched."""
     data = read_jsonl(path, skip_bad_lines=skip_bad_lines)
     conversations = data.conversations
     if max_examples is not None:
@@ -659,6 +670,8 @@ def load_sft(path: str, tok, seq_len: int, *, pack_rows: bool = True, val_fracti
             raise ValueError(f"max_examples must be >= 1, got {max_examples}")
         conversations = conversations[:max_examples]
     train_c, val_c = train_val_split(conversations, val_fraction, seed)
+    if upsample is not None:
+        train_c = upsample_requests(train_c, *upsample)
     pad_id, out = _pad_id(tok), []
     for convs in (train_c, val_c):
         examples, stats = build_examples(convs, tok, seq_len, on_long, end_of_turn, source=path)

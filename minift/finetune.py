@@ -52,6 +52,7 @@ class FinetuneConfig:
     steps: int | None = None
     epochs: float | None = None        # used when steps is None (default 1 epoch)
     max_examples: int | None = None    # use only the first N pairs (the chapter's 100-pair exercise)
+    upsample: tuple | None = None      # (text, times): training pairs whose request holds text, used times times
     batch_size: int = 4
     seq_len: int | None = None         # None: the longest pair in the model's tokens, rounded up (fit_seq_len)
     grad_accum: int = 1
@@ -133,7 +134,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         cfg.seq_len = fit_seq_len(cfg.data, tok, cfg.max_examples)
         logger.info("seq_len %d: the longest pair in this model's tokens, rounded up", cfg.seq_len)
     data = load_sft(cfg.data, tok, cfg.seq_len, pack_rows=True, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                    max_examples=cfg.max_examples)
+                    max_examples=cfg.max_examples, upsample=cfg.upsample)
     logger.info("train data: %s", data.stats.summary())
     if not data.val:
         raise ValueError(f"{cfg.data}: no held-out rows (val_fraction={cfg.val_fraction}, "

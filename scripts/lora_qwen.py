@@ -23,7 +23,7 @@ import os
 import sys
 
 from minift import fast_path
-from minift.evaluate import side_by_side, table
+from minift.evaluate import HAPPY_END_REQUEST, side_by_side, table
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 from minift.scratch import STORY_BASE, story_base_config, train_from_scratch
 
@@ -45,6 +45,13 @@ TINY_DEFAULTS = dict(seq_len=None, batch_size=8, steps=300, lr=3e-3, r=128, alph
 # 0.190 to 0.612 in compare_methods.py's budget (2026-11-30, results/cpu/full_sft_at_lora_lr_report.json:
 # `--method full --lr 3e-3 --max-examples 100 --steps 40 --batch-size 4`): the chapter's forgetting.
 TINY_FULL_LR = TINY_DEFAULTS["lr"] / 10
+# The requested ending, asked by 119 of the 950 training pairs (12.5%), is seen 4x as often in the
+# embedded default's LoRA (36% of the rows): on the default base (names and places learned), its
+# ending went from 27.8% to 94.4% of the times asked, names 79.7 -> 81.0%, places 88.7 -> 92.0%
+# (2026-11-30, 2-core CPU, 3 sampling seeds; an experiment with the pairs repeated in a file, then
+# the default run: README). The pre-training alternative (sketches that ask half the time) taught
+# the ending but cost names or places, depending on the seed (minift/scratch.py, STORY_BASE).
+TINY_UPSAMPLE = (HAPPY_END_REQUEST, 4)
 QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32, dropout=0.05)
 
 
@@ -115,8 +122,12 @@ def main():
         epochs=a.epochs, max_examples=a.max_examples, batch_size=pick("batch_size"), seq_len=pick("seq_len"),
         grad_accum=a.grad_accum, grad_ckpt=a.grad_ckpt, device=a.device, dtype=a.dtype, merged=a.merged,
         seed=a.seed, progress=not a.no_progress, **fast_path.settings(a),
+        upsample=TINY_UPSAMPLE if embedded else None,
         story_eval=a.story_eval,
         story_eval_seeds=tuple(int(x) for x in a.story_eval_seeds.split(",")))
+    if cfg.upsample:
+        print(f"data mix: the training pairs that ask '{cfg.upsample[0]}' are used {cfg.upsample[1]}x "
+              f"(the embedded default's LoRA: a request too rare to be learned otherwise)")
     rep = finetune(cfg, model_dir=model_dir)
 
     print(f"\nbase: {rep.model_dir} ({rep.num_params:,} parameters; {rep.trainable_params:,} trained, "
