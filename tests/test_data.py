@@ -505,6 +505,26 @@ def test_batch_tensors_and_padding_for_unpacked_rows():
     assert set(packed) == {"input_ids", "targets", "position_ids", "segment_ids"}
 
 
+def test_upsample_repeats_the_asking_training_pairs_and_leaves_validation_alone(tok, tmp_path):
+    """upsample=(text, 3): each training pair whose request holds text three times, the others
+    once; the held-out split is the one made without upsampling, and no extra copy is in it."""
+    src = os.path.join(REPO, "data", "fairytales_pairs.jsonl")
+    subset = tmp_path / "pairs.jsonl"
+    subset.write_text("".join(open(src, encoding="utf-8").readlines()[:80]), encoding="utf-8")
+    text = "오래오래 행복하게 살았답니다"
+    plain = D.load_sft(str(subset), tok, seq_len=576, val_fraction=0.1, seed=0, pack_rows=False)
+    more = D.load_sft(str(subset), tok, seq_len=576, val_fraction=0.1, seed=0, pack_rows=False, upsample=(text, 3))
+    train_c, _ = D.train_val_split(D.read_jsonl(str(subset)).conversations, 0.1, 0)
+    asking = sum(text in c[0]["content"] for c in train_c)
+    assert asking >= 3                                                  # the subset has some to repeat
+    assert more.stats.num_examples == plain.stats.num_examples + 2 * asking
+    assert more.val_conversations == plain.val_conversations and len(more.val) == len(plain.val)
+    first = {tuple(e.input_ids) for e in plain.train}
+    assert {tuple(e.input_ids) for e in more.train} == first              # copies, nothing new
+    with pytest.raises(ValueError, match="upsample times must be >= 1, got 0"):
+        D.upsample_requests(train_c, text, 0)
+
+
 # ------------------------------------------------------------------ end to end on the shipped files
 def test_load_sft_and_pretrain_on_shipped_data(tok, tmp_path):
     src = os.path.join(REPO, "data", "fairytales_pairs.jsonl")
