@@ -87,7 +87,8 @@ class ScratchConfig:
 # 8,000 + 8,000 with half asking (round 9, on the CPU) gave names 96%, places 33%, endings 44%
 # (results/cpu/default_run_2026-11-30_end50/, results/cpu/story_recipe_sweep_round9_2026-11-30.json).
 # At this budget each run learns two of the three, and which two the seed decides: the default
-# stays the recipe whose CPU run learned names and places, the skills most requests test.
+# stays the recipe whose CPU run learned names and places, and the ending is taught in LoRA
+# (scripts/lora_qwen.py's TINY_UPSAMPLE: the pairs that ask for it seen 4x).
 STORY_BASE = dict(out_dir="runs/tiny-story", preset="tiny-2.5m", vocab_size=4096, split="particles",
                   request_docs=8000, request_sketches=8000, rows="documents", seq_len=512, steps=1200,
                   batch_size=4, eval_every=300)
