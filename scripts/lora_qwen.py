@@ -48,8 +48,8 @@ TINY_FULL_LR = TINY_DEFAULTS["lr"] / 10
 # The requested ending, asked by 119 of the 950 training pairs (12.5%), is seen 4x as often in the
 # embedded default's LoRA (36% of the rows): on the default base (names and places learned), its
 # ending went from 27.8% to 94.4% of the times asked, names 79.7 -> 81.0%, places 88.7 -> 92.0%
-# (2026-11-30, 2-core CPU, 3 sampling seeds; an experiment with the pairs repeated in a file, then
-# the default run: README). The pre-training alternative (sketches that ask half the time) taught
+# (2026-11-30, 2-core CPU, 3 sampling seeds; an experiment with the pairs repeated in a file); the
+# default run with it: names 88.8%, places 95.3%, endings 100% (README). The pre-training alternative (sketches that ask half the time) taught
 # the ending but cost names or places, depending on the seed (minift/scratch.py, STORY_BASE).
 TINY_UPSAMPLE = (HAPPY_END_REQUEST, 4)
 QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32, dropout=0.05)
