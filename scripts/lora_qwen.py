@@ -24,6 +24,7 @@ import sys
 
 from minift import fast_path
 from minift.evaluate import HAPPY_END_REQUEST, side_by_side, table
+from minift.data import read_jsonl
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 from minift.scratch import STORY_BASE, story_base_config, train_from_scratch
 
@@ -126,8 +127,10 @@ def main():
         story_eval=a.story_eval,
         story_eval_seeds=tuple(int(x) for x in a.story_eval_seeds.split(",")))
     if cfg.upsample:
-        print(f"data mix: the training pairs that ask '{cfg.upsample[0]}' are used {cfg.upsample[1]}x "
-              f"(the embedded default's LoRA: a request too rare to be learned otherwise)")
+        asking = sum(cfg.upsample[0] in next((m["content"] for m in c if m["role"] == "user"), "")
+                     for c in read_jsonl(cfg.data).conversations[:cfg.max_examples])
+        print(f"data mix: {asking} pairs of {cfg.data} ask '{cfg.upsample[0]}'; those in the training split are "
+              f"trained on {cfg.upsample[1]}x (the embedded default's LoRA: a request too rare to learn otherwise)")
     rep = finetune(cfg, model_dir=model_dir)
 
     print(f"\nbase: {rep.model_dir} ({rep.num_params:,} parameters; {rep.trainable_params:,} trained, "

@@ -256,6 +256,10 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
             assert "Qwen/Qwen2.5-0.5B-Instruct is not on this machine" in out and "embedded default" in out
             # the tiny model's LoRA defaults, not Qwen's
             assert (rep["config"]["lr"], rep["config"]["r"], rep["config"]["alpha"]) == (3e-3, 128, 256)
+            # and its data mix, said in the output (the ending request seen 4x)
+            assert rep["config"]["upsample"] == ["오래오래 행복하게 살았답니다", 4] and "data mix: " in out
+        if name == "named":
+            assert rep["config"]["upsample"] is None and "data mix" not in out
 
 
 def test_fit_seq_len_keeps_every_pair_whole(base_and_pairs):
