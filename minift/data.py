@@ -646,13 +646,17 @@ def _pad_id(tok) -> int:
     return pid if pid is not None else 0  # the value is never graded (targets are -100 there)
 
 
+def request_holds(conversation: list[dict], text: str) -> bool:
+    """Whether the conversation's first user turn contains `text`."""
+    return text in next((m["content"] for m in conversation if m["role"] == "user"), "")
+
+
 def upsample_requests(conversations: list, text: str, times: int) -> list:
     """The conversations, with those whose first user turn contains `text` repeated to `times`
     copies in all (the extra copies after the originals; Batches shuffles the rows)."""
     if times < 1:
         raise ValueError(f"upsample times must be >= 1, got {times}")
-    asking = [c for c in conversations if text in next((m["content"] for m in c if m["role"] == "user"), "")]
-    return list(conversations) + asking * (times - 1)
+    return list(conversations) + [c for c in conversations if request_holds(c, text)] * (times - 1)
 
 
 def load_sft(path: str, tok, seq_len: int, *, pack_rows: bool = True, val_fraction: float = 0.0, seed: int = 0,

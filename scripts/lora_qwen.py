@@ -23,8 +23,8 @@ import os
 import sys
 
 from minift import fast_path
+from minift.data import read_jsonl, request_holds
 from minift.evaluate import HAPPY_END_REQUEST, side_by_side, table
-from minift.data import read_jsonl
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 from minift.scratch import STORY_BASE, story_base_config, train_from_scratch
 
@@ -50,8 +50,9 @@ TINY_FULL_LR = TINY_DEFAULTS["lr"] / 10
 # embedded default's LoRA (36% of the rows): on the default base (names and places learned), its
 # ending went from 27.8% to 94.4% of the times asked, names 79.7 -> 81.0%, places 88.7 -> 92.0%
 # (2026-11-30, 2-core CPU, 3 sampling seeds; an experiment with the pairs repeated in a file); the
-# default run with it: names 88.8%, places 95.3%, endings 100% (README). The pre-training alternative (sketches that ask half the time) taught
-# the ending but cost names or places, depending on the seed (minift/scratch.py, STORY_BASE).
+# default run with it: names 88.8%, places 95.3%, endings 100% (README). The pre-training
+# alternative (sketches that ask half the time) taught the ending but cost names or places,
+# depending on the seed (minift/scratch.py, STORY_BASE).
 TINY_UPSAMPLE = (HAPPY_END_REQUEST, 4)
 QWEN_DEFAULTS = dict(seq_len=None, batch_size=4, steps=None, lr=None, r=16, alpha=32, dropout=0.05)
 
@@ -127,8 +128,7 @@ def main():
         story_eval=a.story_eval,
         story_eval_seeds=tuple(int(x) for x in a.story_eval_seeds.split(",")))
     if cfg.upsample:
-        asking = sum(cfg.upsample[0] in next((m["content"] for m in c if m["role"] == "user"), "")
-                     for c in read_jsonl(cfg.data).conversations[:cfg.max_examples])
+        asking = sum(request_holds(c, cfg.upsample[0]) for c in read_jsonl(cfg.data).conversations[:cfg.max_examples])
         print(f"data mix: {asking} pairs of {cfg.data} ask '{cfg.upsample[0]}'; those in the training split are "
               f"trained on {cfg.upsample[1]}x (the embedded default's LoRA: a request too rare to learn otherwise)")
     rep = finetune(cfg, model_dir=model_dir)

@@ -182,21 +182,14 @@ VARIANTS.update({f"{name}-seed{k}": dict(kw, seed=k) for name, kw in {
 
 def ending_probe(model_dir: str, adapter_dir: str, data: str, n: int, device: str) -> dict:
     """The fine-tuned model's ending on n fresh requests that ask for it and n that do not."""
-    import tempfile
     from minift import evaluate as ev, fairytales
     from minift.checkpoint import load_pretrained
-    from minift.data import read_jsonl
     from minift.lora import load_adapter
     from minift.tokenizer import load_tokenizer
     pairs = fairytales.generate_pairs(40 * n, 7)
     asking = [p for p in pairs if "happy_end" in p.spec.styles][:n]
     unasked = [p for p in pairs if "happy_end" not in p.spec.styles][:n]
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as f:
-        for p in asking + unasked:
-            f.write(json.dumps({"instruction": p.instruction, "input": p.input, "output": p.output},
-                               ensure_ascii=False) + "\n")
-    conversations = read_jsonl(f.name).conversations
-    os.unlink(f.name)
+    conversations = [p.chat()["messages"] for p in asking + unasked]   # as read_jsonl reads p.alpaca()
     train_c, _ = ev.split_requests(data)
     tok = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, device=device)
@@ -235,7 +228,8 @@ def run_variant(name: str, work: str, device: str, data: str) -> dict:
                    model_dir=tiny)
     t2 = time.perf_counter()
     probe = ending_probe(tiny, rep.saved["adapter"], data, v["probe"], device) if v["probe"] else {}
-    return {**probe, "name": name, "settings": v, "num_params": pre.num_params, "pretrain_tokens": pre.result.tokens_seen,
+    return {**probe, "name": name, "settings": v, "num_params": pre.num_params,
+            "pretrain_tokens": pre.result.tokens_seen,
             "pretrain_s": round(t1 - t0, 1), "pretrain_val_loss": (pre.result.eval_history or [{}])[-1].get("loss"),
             "lora_seq_len": rep.config["seq_len"], "lora_s": round(t2 - t1, 1),
             "eval_loss": [rep.eval_before["loss"], rep.eval_after["loss"]],

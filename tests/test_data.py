@@ -515,7 +515,7 @@ def test_upsample_repeats_the_asking_training_pairs_and_leaves_validation_alone(
     plain = D.load_sft(str(subset), tok, seq_len=576, val_fraction=0.1, seed=0, pack_rows=False)
     more = D.load_sft(str(subset), tok, seq_len=576, val_fraction=0.1, seed=0, pack_rows=False, upsample=(text, 3))
     train_c, _ = D.train_val_split(D.read_jsonl(str(subset)).conversations, 0.1, 0)
-    asking = sum(text in c[0]["content"] for c in train_c)
+    asking = sum(D.request_holds(c, text) for c in train_c)
     assert asking >= 3                                                  # the subset has some to repeat
     assert more.stats.num_examples == plain.stats.num_examples + 2 * asking
     assert more.val_conversations == plain.val_conversations and len(more.val) == len(plain.val)

@@ -213,7 +213,6 @@ def test_document_rows_end_every_document_with_the_eos_too_and_bad_row_kinds_are
         pretrain_rows(docs, tok, 64, val_fraction=0.0, seed=0, rows="windows")
 
 
-
 def test_a_bad_row_kind_is_refused_before_any_work(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ValueError, match="got 'windows'"):
