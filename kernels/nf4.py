@@ -349,14 +349,16 @@ def quantize(w: torch.Tensor, blocksize: int = 64, double_quant: bool = True
     if n == 0:
         raise ValueError(f"cannot quantize an empty tensor of shape {tuple(w.shape)}")
     flat = w.detach().reshape(-1).float()                                    # (n,) fp32, row-major
-    if not torch.isfinite(flat).all():
-        raise ValueError(f"tensor of shape {tuple(w.shape)} holds NaN or Inf: NF4 cannot store it")
 
     # 1. Blocks over the flattened tensor; the short last block is zero-padded, which leaves its
     #    absmax unchanged, and the padded values are cut off again below.
     nblocks = -(-n // blocksize)
     blocks = torch.nn.functional.pad(flat, (0, nblocks * blocksize - n)).view(nblocks, blocksize)
     absmax = blocks.abs().amax(dim=1)                                        # (nblocks,) fp32
+    # amax propagates NaN and Inf, so checking the block scales checks every value at 1/blocksize
+    # of the cost (a full isfinite pass was 8% of quantizing on the CPU)
+    if not torch.isfinite(absmax).all():
+        raise ValueError(f"tensor of shape {tuple(w.shape)} holds NaN or Inf: NF4 cannot store it")
 
     # 2. Scale into [-1, 1] by multiplying with the fp32 reciprocal, as the CUDA kernel does.
     #    The clamp keeps an all-zero block at 0 * 1e38 = 0 (code 7) instead of 0 * inf = NaN.

@@ -48,7 +48,7 @@ elif [ -n "${PART:-}" ]; then
 fi
 
 set +e
-python -m pytest -q -p no:cacheprovider -rs --junitxml="$OUT/junit.xml" "${files[@]}" 2>&1 | tee "$OUT/pytest.log"
+python -m pytest -q -p no:cacheprovider -rs -o junit_family=xunit1 --junitxml="$OUT/junit.xml" "${files[@]}" 2>&1 | tee "$OUT/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 
@@ -76,6 +76,10 @@ for name in ("triton", "transformers", "peft", "bitsandbytes", "numpy"):
     except ImportError:
         versions[name] = None
 report = {"part": os.environ.get("FILES") or os.environ.get("PART") or "all", "pytest_exit": status, "counts": counts, "cuda_tests_passed": len(cuda_ran), "versions": versions}
+# the tour's stop tests record the CPU seconds they took (tests/test_tour.py; the limit is 30)
+stop_cpu = {c.get("name"): float(p.get("value")) for c in cases for p in c.iter("property") if p.get("name") == "cpu_seconds"}
+if stop_cpu:
+    report["tour_stop_cpu_seconds"] = stop_cpu
 json.dump(report, open(f"{out}/gpu_check.json", "w"), indent=1)
 print(json.dumps(report, indent=1))
 cuda_selected = any(c.get("classname", "").split(".")[-1] in cuda_files for c in cases)  # a PART may hold none

@@ -69,11 +69,23 @@ def test_streaming_quantize_equals_load_then_quantize(tiny_hf_checkpoint, sharde
             assert torch.equal(streamed(_ids()), expected(_ids()))
 
 
-def test_streaming_quantize_tied_llama_with_biases(tiny_hf_checkpoint):
-    directory, _ = tiny_hf_checkpoint(arch="llama", tied=True, sharded=True, n_kv=2, bias=True)
-    expected = quant.quantize_model(_load(directory))
-    streamed = _load(directory, quantize="nf4")
+# A tied Llama with every bias Llama can carry (attention_bias, mlp_bias), in shards. Written by
+# minift's own writer, not transformers: the docs' tour runs this test and counts its seconds, and
+# building a transformers model imports most of transformers (7 s of CPU); save_pretrained's layout
+# is covered above and in test_checkpoint.py.
+TIED_LLAMA_WITH_BIASES = dataclasses.replace(
+    ModelConfig.preset("smollm2-360m"), vocab_size=311, hidden_size=64, intermediate_size=128,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True)
+
+
+def test_streaming_quantize_tied_llama_with_biases(tmp_path):
+    write_random_checkpoint(TIED_LLAMA_WITH_BIASES, tmp_path, dtype="float32", device="cpu", max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists(), "the test meant to shard"
+    expected = quant.quantize_model(_load(tmp_path))
+    streamed = _load(tmp_path, quantize="nf4")
     _assert_same_state(streamed, expected)
+    biases = [n for n, m in _projections(streamed).items() if m.bias is not None]
+    assert len(biases) == 7 * 2                                         # every projection has one
     assert streamed.lm_head.weight is streamed.model.embed_tokens.weight  # still tied
 
 
@@ -86,10 +98,11 @@ def test_quantize_argument_is_checked(tiny_hf_checkpoint):
 
 
 # Memory of a fresh process that loads a bf16 checkpoint with quantize="nf4". The model is built so
-# that holding its float weights would break the bound: 95M parameters (190 MB in bf16) in many
-# small projections (the largest 0.79M weights), so the NF4 model (~50 MB) plus one tensor in
-# flight is far below the float model.
-RSS_CONFIG = dict(vocab_size=1024, hidden_size=512, intermediate_size=1536, num_hidden_layers=28,
+# that holding its float weights would break the bound: 69M parameters (139 MB in bf16) in many
+# small projections (the largest 0.79M weights), so the NF4 model (~37 MB) plus one tensor in
+# flight is far below the float model. (No larger: the docs' tour runs this test and counts its CPU
+# seconds, most of them quantizing.)
+RSS_CONFIG = dict(vocab_size=1024, hidden_size=512, intermediate_size=1536, num_hidden_layers=20,
                   num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
 # Slack: quantizing one (out, in) projection makes fp32 temporaries in kernels/nf4.quantize (the
 # fp32 copy, the padded blocks, |x|, the scaled values, the int32 codes: 5 x 4 bytes a weight) while

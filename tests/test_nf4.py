@@ -361,10 +361,12 @@ def test_bad_inputs():
         nf4.quantize([0.1, 0.2])
     with pytest.raises(ValueError, match="empty"):
         nf4.quantize(torch.zeros(0, 4))
-    bad = torch.randn(128)
-    bad[3] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        nf4.quantize(bad)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        for where in (3, 64, 129):       # first block, a block's first value, the short last block
+            bad = torch.randn(130)
+            bad[where] = value
+            with pytest.raises(ValueError, match=r"shape \(130,\) holds NaN or Inf"):
+                nf4.quantize(bad)
     packed, state = nf4.quantize(torch.randn(10, 10))
     with pytest.raises(ValueError, match=r"49 bytes, expected 50 for shape \(10, 10\)"):
         nf4.dequantize(packed[:49], state)
