@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import weakref
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -393,8 +395,8 @@ def _forward_padded(model, ids: torch.Tensor, positions: torch.Tensor, key_ok: t
 
 def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 64, temperature: float = 0.0,
                    top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-                   no_repeat_ngram_size: int = 0, eos_token_ids: Sequence[int] | None = None,
-                   seed: int | None = None) -> list[str]:
+                   no_repeat_ngram_size: int = 0, no_repeat_sentences: bool = False,
+                   eos_token_ids: Sequence[int] | None = None, seed: int | None = None) -> list[str]:
     """The new text for each prompt (prompts as `generate` takes them), decoded together.
 
     The same choosing rules as `generate` (process_logits, row by row in one tensor), so greedy
@@ -405,7 +407,10 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
     no_repeat_ngram_size n > 0: a token that would repeat an n-gram the row has already written is
     forbidden (transformers' NoRepeatNGramLogitsProcessor, over the new tokens only, so a story
     may still repeat the request's words): a long n (a sentence is ~15 tokens) stops a sentence
-    from being told twice while names and particles repeat freely."""
+    from being told twice while names and particles repeat freely.
+    no_repeat_sentences: a token that would end a sentence or a line the row has already written,
+    word for word, is forbidden, however short the sentence ("며칠이 지났어요." is 4 tokens, below
+    any n that lets names and particles repeat). Sentences as split_sentences reads the text."""
     _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, 0)
     if not prompts:
         return []
@@ -432,7 +437,8 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n_new = torch.zeros(B, dtype=torch.long, device=device)                            # tokens kept per row
-    ban = _NGramBan(B, no_repeat_ngram_size) if no_repeat_ngram_size else None
+    bans = ([_NGramBan(B, no_repeat_ngram_size)] if no_repeat_ngram_size else []) + \
+           ([_SentenceBan(tokenizer, B)] if no_repeat_sentences else [])
     was_training = model.training
     model.eval()
     try:
@@ -442,9 +448,10 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
             logits = _forward_padded(model, ids, positions, key_ok[:, :P], cache)     # prefill: (B, V)
             seen = ids.masked_fill(~key_ok[:, :P], -1)                                # (B, S); -1: padding
             for step in range(max_new_tokens):
-                if ban is not None:  # before temperature and top-k, as transformers orders them
+                if bans:  # before temperature and top-k, as transformers orders them
                     logits = logits.float()
-                    ban.apply(logits)
+                    for ban in bans:
+                        ban.apply(logits)
                 scores = _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty)
                 if temperature > 0:
                     nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
@@ -452,7 +459,7 @@ def generate_batch(model, tokenizer, prompts: Sequence, *, max_new_tokens: int =
                     nxt = scores.argmax(dim=-1)                                       # (B,)
                 nxt = nxt.masked_fill(done, pad)
                 out[:, step] = nxt
-                if ban is not None:
+                for ban in bans:
                     ban.push(nxt.tolist())
                 n_new += ~done
                 done |= torch.isin(nxt, eos)
@@ -489,6 +496,68 @@ class _NGramBan:
             banned = seen.get(tuple(row[len(row) - self.n + 1:])) if len(row) >= self.n - 1 else None
             if banned:
                 scores[b, list(banned)] = float("-inf")
+
+
+# A sentence ends at . ! or ? followed by white space, and at a line end (a line may end without
+# punctuation: a title, a moral).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Every sentence and every line of `text`, stripped, empty ones left out."""
+    return [s.strip() for line in text.split("\n") for s in _SENTENCE_END.split(line) if s.strip()]
+
+
+class _SentenceBan:
+    """Each row's text so far (its new tokens, decoded): which tokens would end a sentence or a
+    line that the row has already written. Only exact repeats: "며칠이 지났어요 ." with a space is
+    another sentence, as split_sentences reads it."""
+
+    def __init__(self, tokenizer, rows: int):
+        self.decode = tokenizer.decode
+        self.closers = _sentence_closers(tokenizer)
+        self.rows = [[] for _ in range(rows)]
+
+    def push(self, tokens: list[int]) -> None:
+        for row, t in zip(self.rows, tokens):
+            row.append(t)
+
+    def apply(self, scores: torch.Tensor) -> None:
+        """In place: -inf where a row's next token would close a sentence it has said before."""
+        for b, row in enumerate(self.rows):
+            if not row:
+                continue
+            *lines, line = self.decode(row, skip_special_tokens=True).split("\n")
+            *said_in_line, tail = _SENTENCE_END.split(line)
+            said = set(split_sentences("\n".join(lines + said_in_line)))
+            start = tail.lstrip()           # the unfinished sentence, as it will be stripped
+            banned = [t for sentence in said if sentence.startswith(start)
+                      for t in self.closers.get(sentence[len(start):], ())]
+            if banned:
+                scores[b, banned] = float("-inf")
+
+
+_CLOSERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sentence_closers(tokenizer) -> dict[str, list[int]]:
+    """The tokens that can end a sentence or a line, keyed by the text each adds up to that end:
+    '.' for '.' and for '. ', '요.' for '요.', '' for '\n', '.' for '.\n'. Built once per tokenizer
+    (Qwen's 151k tokens take a fraction of a second)."""
+    if tokenizer in _CLOSERS:
+        return _CLOSERS[tokenizer]
+    closers: dict[str, list[int]] = {}
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id], skip_special_tokens=True)
+        if "\n" in text:
+            key = text.split("\n")[0].rstrip()      # the line ends here, and is stripped
+        elif text.rstrip().endswith((".", "!", "?")):
+            key = text.rstrip()                     # the sentence ends at the mark
+        else:
+            continue
+        closers.setdefault(key, []).append(token_id)
+    _CLOSERS[tokenizer] = closers
+    return closers
 
 
 def _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty) -> torch.Tensor:

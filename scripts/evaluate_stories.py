@@ -34,6 +34,8 @@ def main(argv=None):
     ap.add_argument("--top-k", type=int, default=ev.SAMPLING["top_k"])
     ap.add_argument("--no-repeat-ngram", type=int, default=ev.SAMPLING["no_repeat_ngram_size"],
                     help="forbid repeating a span of this many tokens (0: off)")
+    ap.add_argument("--allow-repeated-sentences", action="store_true",
+                    help="let the sampler end a sentence or line already written (the model alone)")
     ap.add_argument("--max-new-tokens", type=int, help="default: the longest training answer, in tokens, + 10%%")
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--no-before", action="store_true", help="with --adapter: skip the base model's evaluation")
@@ -51,7 +53,8 @@ def main(argv=None):
     max_new = a.max_new_tokens or ev.story_token_budget(train_c, tok)
     seeds = [int(s) for s in a.seeds.split(",")]
     kw = dict(seeds=seeds, max_new_tokens=max_new, batch_size=a.batch_size,
-              sampling=dict(temperature=a.temperature, top_k=a.top_k, no_repeat_ngram_size=a.no_repeat_ngram))
+              sampling=dict(temperature=a.temperature, top_k=a.top_k, no_repeat_ngram_size=a.no_repeat_ngram,
+                            no_repeat_sentences=not a.allow_repeated_sentences))
 
     model = load_pretrained(a.model, device=device)
     before = None

@@ -18,7 +18,7 @@ from minift import fairytales as ft
 from minift import lora
 from minift.checkpoint import save_pretrained
 from minift.config import ModelConfig
-from minift.generate import generate, generate_batch
+from minift.generate import generate, generate_batch, split_sentences
 from minift.model import Transformer
 from minift.tokenizer import train_bpe
 
@@ -200,3 +200,70 @@ def test_no_repeat_ngram_matches_transformers(tiny):
     assert got == [tok.decode(new, skip_special_tokens=True)]
     bigrams = list(zip(new, new[1:]))
     assert len(set(bigrams)) == len(bigrams)
+
+
+# ---------------------------------------------------------------------- no sentence twice
+LOOP = "며칠이 지났어요. 해가 떴어요.\n교훈: 정직이 최고\n"
+
+
+@pytest.fixture(scope="module")
+def looping(tiny):
+    """A model that has learned LOOP by heart, so it tells the same short sentences (4-6 tokens
+    here, under any n-gram ban that lets names repeat) and the same moral line over and over."""
+    _, tok = tiny
+    ids = torch.tensor([tok.encode(LOOP * 8)])                                     # (1, 272)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024))
+    model.init_weights()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, "the model has not learned the loop"
+    return model.eval(), tok
+
+
+def _closes_a_repeat(text: str) -> bool:
+    """Whether a sentence or line that has ended in `text` was already said: the rule, by brute force."""
+    said = split_sentences(text)
+    if not text.rstrip(" \t").endswith((".", "!", "?", "\n")):
+        said = said[:-1]                                       # the last sentence is still open
+    return len(set(said)) < len(said)
+
+
+def test_no_repeat_sentences_is_the_brute_force_rule(looping):
+    model, tok = looping
+    prompt = LOOP.split("\n")[1] + "\n"
+    free = generate_batch(model, tok, [prompt], max_new_tokens=90, eos_token_ids=[])[0]
+    assert free.startswith(LOOP * 2), free                     # unbanned, it repeats every line
+    banned = generate_batch(model, tok, [prompt], max_new_tokens=90, eos_token_ids=[], no_repeat_sentences=True)[0]
+    # the reference: greedy, where each step takes the likeliest token that does not end a sentence
+    # or a line already said (decoding the whole text for every candidate)
+    prompt_ids, new = tok.encode(prompt), []
+    for _ in range(90):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + new]))[0, -1]                 # (V,)
+        new.append(next(t for t in logits.argsort(descending=True).tolist()
+                        if not _closes_a_repeat(tok.decode(new + [t], skip_special_tokens=True))))
+    assert banned == tok.decode(new, skip_special_tokens=True)
+    assert banned.startswith(LOOP) and not _closes_a_repeat(banned)
+    said = split_sentences(banned)
+    assert len(said) > 6 and len(set(said)) == len(said), said  # it went on, saying new things
+
+
+def test_no_repeat_sentences_when_sampling(looping):
+    """The evaluation's sampling, on the looping model: with the sentence rule no story repeats
+    one (the score's own check); without it, the 10-token rule lets most stories repeat."""
+    model, tok = looping
+    request = ev.StoryRequest(("고양이",), "숲", "정직", "short", None)
+
+    def no_repeat_scores(**sampling):
+        stories = generate_batch(model, tok, [LOOP.split("\n")[1] + "\n"] * 6, max_new_tokens=90,
+                                 eos_token_ids=[], seed=1, **sampling)
+        return [ev.score_story(request, story, BANDS)["no_repeat"] for story in stories]
+
+    assert no_repeat_scores(**ev.SAMPLING) == [1.0] * 6
+    assert sum(no_repeat_scores(**dict(ev.SAMPLING, no_repeat_sentences=False))) <= 3
