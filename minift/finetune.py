@@ -23,7 +23,7 @@ from minift import evaluate as story_eval
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
 from minift.data import Batches, encode_chat, load_sft, read_jsonl
 from minift.device import pick_device, resolve_dtype
-from minift.generate import generate
+from minift.generate import generate_batch
 from minift.cpu_memory import release_freed_memory
 from minift.measure import process_peak_rss, reset_peak_rss
 from minift.tokenizer import load_tokenizer
@@ -182,7 +182,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         sample_messages = [{"role": "user", "content": "옛날 이야기를 들려줘."}]
     sample_prompt = [m["content"] for m in sample_messages if m["role"] == "user"][-1]
     eval_before = _held_out_loss(model, val_rows, cfg.eval_batches)
-    sample_before = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
+    sample_before = _sample(model, tok, sample_messages, cfg)
     story_eval = _story_evaluation(cfg, tok, warnings)
     story_eval_before = story_eval(model)
 
@@ -216,7 +216,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
         measured = process_peak_rss()
         kind = "peak resident memory of the process (whole recipe, runtime included)"
     eval_after = _held_out_loss(model, val_rows, cfg.eval_batches)
-    sample_after = generate(model, tok, sample_messages, max_new_tokens=cfg.sample_max_tokens)
+    sample_after = _sample(model, tok, sample_messages, cfg)
     story_eval_after = story_eval(model)
 
     saved = {}
@@ -250,6 +250,15 @@ def fit_seq_len(path: str, tok, max_examples: int | None = None, multiple: int =
     conversations = read_jsonl(path).conversations[:max_examples]
     longest = max(len(encode_chat(c, tok)[0]) for c in conversations)
     return -(-longest // multiple) * multiple
+
+
+def _sample(model, tok, messages: list[dict], cfg: FinetuneConfig) -> str:
+    """The answer to the sample prompt, drawn as the story evaluation draws its stories
+    (minift.evaluate.SAMPLING, seeded with cfg.seed): the sample a user reads is sampled the way
+    the table beside it was scored. (Greedy decoding loops on a small model: a LoRA sample of the
+    chapter's exercise told one sentence twice, 2026-12-01.)"""
+    return generate_batch(model, tok, [messages], max_new_tokens=cfg.sample_max_tokens, seed=cfg.seed,
+                          **story_eval.SAMPLING)[0]
 
 
 def _story_evaluation(cfg: FinetuneConfig, tok, warnings: list[str]):
