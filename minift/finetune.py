@@ -187,6 +187,10 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     story_eval_before = story_eval(model)
 
     if cfg.method in ("lora", "qlora"):
+        # lora_A is drawn from torch's global generator, which a fresh process seeds at random: seed it
+        # here, or the same command gives another adapter each run (as HF's Trainer and torchtune
+        # seed before the model is built)
+        torch.manual_seed(cfg.seed)
         lora.add_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets,
                       compute_dtype=plan.adapter_compute_dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
