@@ -117,10 +117,8 @@ def parse_request(text: str) -> StoryRequest:
 # Scoring one story
 # ---------------------------------------------------------------------------------------------
 
-def sentences(story: str) -> list[str]:
-    """Every sentence (dialogue included) and every 제목:/교훈: line, stripped: as the sampling's
-    no_repeat_sentences rule reads them."""
-    return split_sentences(story)
+# A story's sentences (dialogue included) and its 제목:/교훈: lines are split_sentences's: the
+# sampling's no_repeat_sentences rule reads them the same way.
 
 
 def _literal_pieces(template: str, min_chars: int = 6) -> list[str]:
@@ -181,13 +179,13 @@ def length_bands(conversations) -> dict[str, tuple[int, int]]:
 
 def ends_with(story: str, ending: str) -> bool:
     """Whether the story's last sentence, past a 교훈 line or a title, ends with `ending`."""
-    narrative = [s for s in sentences(story) if not s.startswith(("제목:", "교훈:"))]
+    narrative = [s for s in split_sentences(story) if not s.startswith(("제목:", "교훈:"))]
     return bool(narrative) and narrative[-1].endswith(ending)
 
 
 def score_story(request: StoryRequest, story: str, bands: dict[str, tuple[int, int]]) -> dict[str, float | None]:
     """Each metric of METRICS for one story (None: `ending` where none was asked)."""
-    said = sentences(story)
+    said = split_sentences(story)
     lines = [ln.strip() for ln in story.split("\n") if ln.strip()]
     lo, hi = bands.get(request.length, (0, math.inf))
     shape = story_shape(story)

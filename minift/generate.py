@@ -511,25 +511,31 @@ def split_sentences(text: str) -> list[str]:
 class _SentenceBan:
     """Each row's text so far (its new tokens, decoded): which tokens would end a sentence or a
     line that the row has already written. Only exact repeats: "며칠이 지났어요 ." with a space is
-    another sentence, as split_sentences reads it."""
+    another sentence, as split_sentences reads it. Finished lines are read once, when they end,
+    so a step decodes only the row's current line."""
 
     def __init__(self, tokenizer, rows: int):
         self.decode = tokenizer.decode
-        self.closers = _sentence_closers(tokenizer)
-        self.rows = [[] for _ in range(rows)]
+        self.closers, self.line_enders = _sentence_closers(tokenizer)
+        self.lines = [[] for _ in range(rows)]      # each row's tokens since its last line end
+        self.said = [set() for _ in range(rows)]    # the sentences of each row's finished lines
 
     def push(self, tokens: list[int]) -> None:
-        for row, t in zip(self.rows, tokens):
-            row.append(t)
+        for line, said, t in zip(self.lines, self.said, tokens):
+            line.append(t)
+            if t in self.line_enders:
+                *finished, rest = self.decode(line, skip_special_tokens=True).split("\n")
+                said.update(split_sentences("\n".join(finished)))
+                line[:] = [t] if rest else []       # a token that goes on past its newline starts the next line
 
     def apply(self, scores: torch.Tensor) -> None:
         """In place: -inf where a row's next token would close a sentence it has said before."""
-        for b, row in enumerate(self.rows):
-            if not row:
+        for b, (line, said_before) in enumerate(zip(self.lines, self.said)):
+            if not line:
                 continue
-            *lines, line = self.decode(row, skip_special_tokens=True).split("\n")
-            *said_in_line, tail = _SENTENCE_END.split(line)
-            said = set(split_sentences("\n".join(lines + said_in_line)))
+            *finished, current = self.decode(line, skip_special_tokens=True).split("\n")
+            *said_in_line, tail = _SENTENCE_END.split(current)
+            said = said_before | set(split_sentences("\n".join(finished + said_in_line)))
             start = tail.lstrip()           # the unfinished sentence, as it will be stripped
             banned = [t for sentence in said if sentence.startswith(start)
                       for t in self.closers.get(sentence[len(start):], ())]
@@ -540,24 +546,26 @@ class _SentenceBan:
 _CLOSERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _sentence_closers(tokenizer) -> dict[str, list[int]]:
-    """The tokens that can end a sentence or a line, keyed by the text each adds up to that end:
-    '.' for '.' and for '. ', '요.' for '요.', '' for '\n', '.' for '.\n'. Built once per tokenizer
-    (Qwen's 151k tokens take a fraction of a second)."""
+def _sentence_closers(tokenizer) -> tuple[dict[str, list[int]], set[int]]:
+    """The tokens that can end a sentence or a line, keyed by the text each adds up to that end
+    ('.' for '.' and for '. ', '요.' for '요.', '' for '\n', '.' for '.\n'), and the ids of those that
+    end a line. Built once per tokenizer (Qwen's 151k tokens take a fraction of a second)."""
     if tokenizer in _CLOSERS:
         return _CLOSERS[tokenizer]
     closers: dict[str, list[int]] = {}
+    line_enders: set[int] = set()
     for token_id in range(len(tokenizer)):
         text = tokenizer.decode([token_id], skip_special_tokens=True)
         if "\n" in text:
             key = text.split("\n")[0].rstrip()      # the line ends here, and is stripped
+            line_enders.add(token_id)
         elif text.rstrip().endswith((".", "!", "?")):
             key = text.rstrip()                     # the sentence ends at the mark
         else:
             continue
         closers.setdefault(key, []).append(token_id)
-    _CLOSERS[tokenizer] = closers
-    return closers
+    _CLOSERS[tokenizer] = closers, line_enders
+    return closers, line_enders
 
 
 def _process_rows(logits, seen, temperature, top_k, top_p, repetition_penalty) -> torch.Tensor:

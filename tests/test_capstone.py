@@ -12,7 +12,7 @@ synthetic Korean stories (here a 2-layer, hidden-64 model with a 1,000-token BPE
 
 "The trained model" is rebuilt independently of the adapter file, from the training loop's own
 checkpoint (out_dir/train/checkpoint/model.safetensors: the trainable tensors by parameter name),
-and the report's held-out loss and greedy sample (computed in finetune() on the live model) must be
+and the report's held-out loss and seeded sample (computed in finetune() on the live model) must be
 reproduced by the reloaded one. The learning rate is large (1e-2) so that 3 steps move the model
 far beyond every tolerance used here (checked: the adapted logits differ from the base's by > 0.05).
 """

@@ -86,7 +86,7 @@ def test_each_metric_can_fail(asked_for_ending):
     assert score(story.replace(req.lesson, "마음"))["lesson"] == 0.0
     assert score(story.replace(ft.HAPPY_END, "잘 지냈답니다."))["ending"] == 0.0
     assert score(story + "\n" + story.split("\n")[1])["no_repeat"] == 0.0       # a line twice
-    first = ev.sentences(story)[1]
+    first = split_sentences(story)[1]
     assert score(story.replace(first, first + " " + first))["no_repeat"] == 0.0  # a sentence twice
     lo, hi = BANDS[req.length]
     assert score(story[:lo - 1])["length"] == 0.0 and score(story + " 그리고" * hi)["length"] == 0.0
