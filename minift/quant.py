@@ -23,7 +23,7 @@ double quantization). forward() materialises the (out, in) weight in compute_dty
 F.linear call and drops it: one layer's worth of transient memory, the price of not writing a
 fused 4-bit matmul. A plain F.linear would hand that weight to autograd to keep until backward
 (it needs W for dL/dx = dL/dy @ W), i.e. a full 16-bit copy of the model during QLoRA training.
-_NF4Linear below keeps only the packed codes and dequantizes a second time in backward instead,
+The operators below keep only the packed codes and dequantize a second time in backward instead,
 as bitsandbytes' MatMul4Bit does: more compute, 4x less memory for the base weights.
 """
 from __future__ import annotations
@@ -33,7 +33,6 @@ import re
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from minift.kernels import dispatch, nf4
 
@@ -41,40 +40,78 @@ from minift.kernels import dispatch, nf4
 _FP32_BUFFERS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "nested_offset")
 
 
-class _NF4Linear(torch.autograd.Function):
-    """y = x @ W.T + b with W = dequantize(packed, state); saves the packed codes, not W (see Note)."""
+# Note: an operator of its own. The NF4 product is registered with torch.library as two
+# operators, y = x @ W.T + b and its input gradient grad_y @ W, each dequantizing W inside itself.
+# Eager, this is what an autograd.Function would do. Under torch.compile it is what keeps the
+# memory and the speed: the compiler sees each operator as one opaque call, so it can neither
+# merge the forward's and the backward's dequantize into one weight kept for the backward (the
+# 16-bit copy of the model the Note above avoids: 13 GB on 7B QLoRA) nor trace the dequantize into
+# its own ops (inside an operator the Triton kernel runs, at memory bandwidth). What the backward
+# keeps is the packed codes and statistics, which are resident anyway. (Before this, a
+# checkpointed region inside the compiled layer forced the recompute; it kept the memory but ran
+# 7B QLoRA at 13,693 tok/s, results/h200/bench_7b_qlora_fast_issue11.json. With the operators:
+# 16,543 tok/s at 24.95 GB, results/h200/bench_gpu.json.)
 
-    @staticmethod
-    def forward(ctx, x, bias, packed, state: nf4.NF4State, compute_dtype: torch.dtype):
-        w = dispatch.dequantize_nf4(packed, state, compute_dtype)              # (out, in) transient
-        ctx.packed, ctx.state, ctx.compute_dtype = packed, state, compute_dtype
-        ctx.has_bias = bias is not None
-        return F.linear(x, w, bias)                                            # (..., out)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        grad_x = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            w = dispatch.dequantize_nf4(ctx.packed, ctx.state, ctx.compute_dtype)  # again, transient
-            grad_x = grad_y @ w.to(grad_y.dtype)                               # (..., in)
-        if ctx.has_bias and ctx.needs_input_grad[1]:
-            grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)            # (out,)
-        return grad_x, grad_bias, None, None, None
-
-
-def _dequantize_linear(x, bias, packed, state: nf4.NF4State, compute_dtype: torch.dtype) -> torch.Tensor:
-    """_NF4Linear's forward as plain ops, for the compiled path (Note: compiled)."""
-    return F.linear(x, dispatch.dequantize_nf4(packed, state, compute_dtype), bias)  # (..., out)
+@torch.library.custom_op("minift::nf4_linear", mutates_args=())
+def _nf4_linear(x: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor, absmax: torch.Tensor,
+                code: torch.Tensor, offset: torch.Tensor | None, nested_absmax: torch.Tensor | None,
+                nested_code: torch.Tensor | None, out_features: int, in_features: int, blocksize: int,
+                nested_blocksize: int, weight_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.Tensor:
+    """x (..., in) in compute_dtype -> x @ dequantize(W).T + bias, (..., out)."""
+    w = dequantize_args(packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
+                        blocksize, nested_blocksize, weight_dtype, compute_dtype)   # (out, in), transient
+    return F.linear(x, w, bias)                                                # (..., out)
 
 
-# Note: compiled. Under torch.compile, _NF4Linear's forward and backward are traced into one joint
-# graph, where the two identical dequantize calls are merged (common-subexpression elimination) and
-# the partitioner then keeps the merged (out, in) bf16 weight for backward: the 16-bit copy of the
-# model the Note above avoids (13 GB on 7B QLoRA; measured on CPU with saved_tensors_hooks, see
-# tests/test_qlora.py). Inside a non-reentrant checkpoint region the partitioner must recompute
-# what backward needs instead of saving it, and it recomputes only that: the dequantize (a few ms
-# on an H200 for 7B), not the matmul, whose output backward does not read. What is saved is x
-# (which the LoRA adapter beside it saves anyway) and the packed codes (already resident).
+@torch.library.custom_op("minift::nf4_linear_grad_input", mutates_args=())
+def _nf4_linear_grad_input(grad_y: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                           offset: torch.Tensor | None, nested_absmax: torch.Tensor | None,
+                           nested_code: torch.Tensor | None, out_features: int, in_features: int,
+                           blocksize: int, nested_blocksize: int, weight_dtype: torch.dtype,
+                           compute_dtype: torch.dtype) -> torch.Tensor:
+    """grad_y (..., out) -> grad_y @ dequantize(W), (..., in): the backward's dequantize, again transient."""
+    w = dequantize_args(packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
+                        blocksize, nested_blocksize, weight_dtype, compute_dtype)   # (out, in)
+    return grad_y @ w.to(grad_y.dtype)                                         # (..., in)
+
+
+def dequantize_args(packed, absmax, code, offset, nested_absmax, nested_code, out_features: int, in_features: int,
+                    blocksize: int, nested_blocksize: int, weight_dtype: torch.dtype,
+                    compute_dtype: torch.dtype) -> torch.Tensor:
+    """The (out, in) weight from the operators' flat arguments (Linear4bit.op_args)."""
+    state = nf4.NF4State(absmax=absmax, shape=torch.Size((out_features, in_features)), dtype=weight_dtype,
+                         blocksize=blocksize, code=code, offset=offset, nested_absmax=nested_absmax,
+                         nested_code=nested_code, nested_blocksize=nested_blocksize)
+    return dispatch.dequantize_nf4(packed, state, compute_dtype)
+
+
+@_nf4_linear.register_fake
+def _(x, bias, packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features, blocksize,
+      nested_blocksize, weight_dtype, compute_dtype):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@_nf4_linear_grad_input.register_fake
+def _(grad_y, packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features, blocksize,
+      nested_blocksize, weight_dtype, compute_dtype):
+    return grad_y.new_empty((*grad_y.shape[:-1], in_features))
+
+
+def _nf4_linear_setup(ctx, inputs, output):
+    # keeps the packed codes and the statistics (resident buffers), not x and not W
+    ctx.state_args = inputs[2:]
+    ctx.has_bias = inputs[1] is not None
+
+
+def _nf4_linear_backward(ctx, grad_y):
+    grad_x = _nf4_linear_grad_input(grad_y, *ctx.state_args) if ctx.needs_input_grad[0] else None
+    grad_bias = None
+    if ctx.has_bias and ctx.needs_input_grad[1]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)                # (out,)
+    return (grad_x, grad_bias) + (None,) * len(ctx.state_args)
+
+
+_nf4_linear.register_autograd(_nf4_linear_backward, setup_context=_nf4_linear_setup)
 
 
 class Linear4bit(nn.Module):
@@ -193,12 +230,15 @@ class Linear4bit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same order as bnb.nn.Linear4bit: compute in compute_dtype, return the input's dtype.
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        args = (x.to(self.compute_dtype), bias, self.weight, self.quant_state, self.compute_dtype)
-        if torch.compiler.is_compiling():  # Note: compiled
-            y = torch.utils.checkpoint.checkpoint(_dequantize_linear, *args, use_reentrant=False)
-        else:
-            y = _NF4Linear.apply(*args)                                        # (..., out)
+        y = _nf4_linear(x.to(self.compute_dtype), bias, *self.op_args())      # (..., out)
         return y.to(x.dtype)
+
+    def op_args(self) -> tuple:
+        """The packed codes, statistics and sizes as the NF4 operators take them (flat: an operator
+        registered with torch.library takes tensors, numbers and dtypes, not an NF4State)."""
+        return (self.weight, self.absmax, self.quant_map, self.nested_offset, self.nested_absmax,
+                self.nested_quant_map, self.out_features, self.in_features, self.blocksize,
+                self.nested_blocksize, self.weight_dtype, self.compute_dtype)
 
     def _apply(self, fn, recurse=True):
         """model.to(device) moves every buffer; model.to(dtype) / .half() must not touch the

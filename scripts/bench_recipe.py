@@ -163,7 +163,8 @@ def main():
             sides[side] = {"error": proc.stderr.strip()[-3000:] or f"exit {proc.returncode}"}
         else:
             sides[side] = json.loads(lines[-1])
-        print(f"{side}: {json.dumps(sides[side])[:600]}", flush=True)
+        shown = {k: v for k, v in sides[side].items() if k != "fast_path"}  # the plan's lines are long
+        print(f"{side}: {json.dumps(shown)[:1200]}", flush=True)
     result = dict(date=str(datetime.date.today()), device=torch.cuda.get_device_name() if a.device == "cuda" else a.device,
                   torch=torch.__version__, preset=a.preset, steps=a.steps, batch_size=a.batch_size,
                   seq_len=a.seq_len, **sides)

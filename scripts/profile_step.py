@@ -76,8 +76,10 @@ def main():
         by_kind[kernel_kind(name)] += t / a.steps / 1e6
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:a.top]
 
+    peak = torch.cuda.max_memory_allocated()
     print(f"{a.row}  batch {a.batch}x{a.seq}: wall {wall * 1e3:.1f} ms/step, GPU busy {busy * 1e3:.1f} ms "
-          f"({100 * busy / wall:.0f}%), {launches:.0f} kernels/step, {a.batch * a.seq / wall:,.0f} tok/s")
+          f"({100 * busy / wall:.0f}%), {launches:.0f} kernels/step, {a.batch * a.seq / wall:,.0f} tok/s, "
+          f"peak {peak / 1e9:.2f} GB (max_memory_allocated, profiler's own buffers included)")
     print("\n| kind | ms/step | share of busy |\n|---|---|---|")
     for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"| {kind} | {t * 1e3:.2f} | {100 * t / busy:.1f}% |")
@@ -87,7 +89,7 @@ def main():
 
     os.makedirs(a.out, exist_ok=True)
     out = dict(row=a.row, batch=a.batch, seq=a.seq, device=torch.cuda.get_device_name(), torch=torch.__version__,
-               wall_s=wall, gpu_busy_s=busy, kernels_per_step=launches, by_kind_s=dict(by_kind),
+               wall_s=wall, gpu_busy_s=busy, peak_bytes=peak, kernels_per_step=launches, by_kind_s=dict(by_kind),
                top=[dict(name=n, s_per_step=t / a.steps / 1e6, calls_per_step=c / a.steps) for n, (t, c) in top])
     with open(os.path.join(a.out, f"profile_{a.row.replace(':', '_').replace('+', '-')}.json"), "w") as f:
         json.dump(out, f, indent=2)

@@ -160,7 +160,7 @@ def test_forward_and_backward_match_a_plain_linear_on_the_dequantized_weight():
 
 
 def test_backward_keeps_no_float_weight():
-    # The point of _NF4Linear: autograd saves the packed codes, never a dequantized (out, in) matrix.
+    # The point of the NF4 operator: autograd saves the packed codes, never a dequantized (out, in) matrix.
     ours = Linear4bit.from_linear(float_linear(in_f=256, out_f=192, seed=8))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
