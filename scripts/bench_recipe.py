@@ -18,7 +18,8 @@ Both sides train the same base on the same rows for the same number of steps and
     not keep packed examples apart (minift's does), which only makes HF's attention cheaper.
 Tokens/s = input tokens of all steps / seconds of all steps, the first step (compile, CUDA graph
 capture, Triton autotuning) included on both sides. Each side runs in its own process.
-Writes bench_recipe.json under --out (the checkpoint and the run under --work); exits non-zero if a side fails.
+Writes bench_recipe.json and each side's log (bench_recipe_minift.log, bench_recipe_hf.log) under --out
+(the checkpoint and the run under --work); exits non-zero if a side fails.
 """
 import argparse
 import contextlib
@@ -26,6 +27,7 @@ import datetime
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,9 +68,13 @@ def make_checkpoint(out_dir: str, preset: str) -> str:
 
 def run_minift(a) -> dict:
     from minift.finetune import FinetuneConfig, finetune
-    cfg = FinetuneConfig(model=a.model_dir, data=a.data, out_dir=os.path.join(a.work, "minift-run"), method="lora",
+    out_dir = os.path.join(a.work, "minift-run")
+    shutil.rmtree(out_dir, ignore_errors=True)  # a checkpoint left by an earlier run would be resumed
+    # The story evaluation before and after training (lora_qwen.py's scores) is not the training
+    # phase and takes minutes: off here, as the sample is cut to 8 tokens.
+    cfg = FinetuneConfig(model=a.model_dir, data=a.data, out_dir=out_dir, method="lora",
                          steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, eval_batches=2,
-                         sample_max_tokens=8, device=a.device, progress=False)
+                         sample_max_tokens=8, story_eval=0, device=a.device, progress=False)
     rep = finetune(cfg, model_dir=a.model_dir)
     return dict(side="minift (scripts/lora_qwen.py's finetune)", tok_per_s=rep.tokens_per_s,
                 train_time_s=rep.train_time_s, tokens=round(rep.tokens_per_s * rep.train_time_s),
@@ -95,8 +101,10 @@ def run_hf(a) -> dict:
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"]))
     model.train()
+    print("HF model ready", file=sys.stderr, flush=True)
     tok = minift.load_tokenizer(a.model_dir)
     data = load_sft(a.data, tok, a.seq_len, pack_rows=True, val_fraction=0.05, seed=0)
+    print(f"HF data ready: {len(data.train)} packed rows", file=sys.stderr, flush=True)
     rows = Batches(data.train, a.batch_size, shuffle=True, seed=0, device=device, pad_id=data.pad_id,
                    drop_last=True).forever()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -109,7 +117,9 @@ def run_hf(a) -> dict:
     tokens, losses = 0, []
     sync()
     t0 = time.perf_counter()
-    for _ in range(a.steps):
+    for step in range(a.steps):
+        if step % 50 == 0:
+            print(f"HF step {step}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         batch = next(rows)
         targets = batch["targets"]                                   # (B, T), already shifted by one
         labels = torch.cat([torch.full_like(targets[:, :1], -100), targets[:, :-1]], dim=1)  # HF shifts again
@@ -146,6 +156,8 @@ def main():
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
+        import logging
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
         print(json.dumps(run_minift(a) if a.side == "minift" else run_hf(a)), flush=True)
         return
 
@@ -156,11 +168,14 @@ def main():
               str(a.seq_len), "--data", a.data, "--device", a.device, "--model-dir", model_dir]
     sides = {}
     for side in ("minift", "hf"):
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, *common],
-                              capture_output=True, text=True)
+        log_path = os.path.join(a.out, f"bench_recipe_{side}.log")  # progress and errors, kept if killed
+        with open(log_path, "w") as log:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, *common],
+                                  stdout=subprocess.PIPE, stderr=log, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
-            sides[side] = {"error": proc.stderr.strip()[-3000:] or f"exit {proc.returncode}"}
+            with open(log_path) as log:
+                sides[side] = {"error": log.read().strip()[-3000:] or f"exit {proc.returncode}"}
         else:
             sides[side] = json.loads(lines[-1])
         shown = {k: v for k, v in sides[side].items() if k != "fast_path"}  # the plan's lines are long
