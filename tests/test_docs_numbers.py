@@ -232,14 +232,59 @@ def memory_quick_after(grid, quick):
 METHOD = {"lora": "LoRA", "qlora": "QLoRA"}
 
 
-def issue11(row11, fast):
-    r = row11["results"][0]
-    ours, anchor = r["minift"], r["anchors"][0]
-    before = pick(fast["results"], size="7b", method="qlora")["minift"]
-    return [f"minift **{gb(ours['peak_bytes'])} GB** at {tps(ours['tok_per_s'])} tok/s (MFU {pct(r['minift_mfu'])}), "
-            f"the anchor {gb(anchor['peak_bytes'])} GB at {tps(anchor['tok_per_s'])} tok/s: "
-            f"{times(r['speed_ratio'])} the speed at {times(r['memory_ratio'])} the memory",
-            f"and {gb(before['peak_bytes'])} GB before"]
+def strongest(gpu):
+    rows = {}
+    for r in gpu["results"]:
+        ours, anchors = r["minift"], r["anchors"]
+        mode = r["mode"] + (", bf16 adapters" if r["lora_compute"] == "bf16" else "")
+        rows[(size_of(r["size"]), METHOD[r["method"]], mode)] = {
+            "anchors (in order)": " / ".join(a["side"] for a in anchors)
+                                  + (" (grad ckpt)" if r["mode"].startswith("lean") else ""),
+            "minift peak GB": gb(ours["peak_bytes"]), "anchor peak GB": " / ".join(gb(a["peak_bytes"]) for a in anchors),
+            "minift tok/s": tps(ours["tok_per_s"]), "anchor tok/s": " / ".join(tps(a["tok_per_s"]) for a in anchors),
+            "speed x fastest": times(r["speed_ratio"]), "memory x leanest": times(r["memory_ratio"]),
+            "minift MFU": pct(r["minift_mfu"])}
+    return rows
+
+
+def strongest_after(gpu, old7):
+    r05, r7, lean = (pick(gpu["results"], size=s, method=m, mode=mode) for s, m, mode in
+                     (("0.5b", "lora", "fast+compile+graph"), ("7b", "qlora", "fast+compile+graph"),
+                      ("0.5b", "lora", "lean")))
+    liger05 = pick(r05["anchors"], kind="liger+autocast")
+    compiled05 = pick(r05["anchors"], kind="autocast+compile")
+    ratios = ", ".join(f"{r['minift']['predicted_over_measured']:.2f}x" for r in (r05, r7))
+    return [f"({gb(r05['minift']['peak_bytes'])} GB against Liger's {gb(liger05['peak_bytes'])})",
+            f"**{times(r05['speed_ratio'])}** the fastest",
+            f"ran {tps(compiled05['tok_per_s'])} tok/s in this run",
+            f"at {times(r7['memory_ratio'])} the memory but **{times(r7['speed_ratio'])}** the speed",
+            f"keeps its memory ({gb(lean['minift']['peak_bytes'])} GB)",
+            f"predicted the three peaks at {ratios} and {lean['minift']['predicted_over_measured']:.2f}x"]
+
+
+def qlora_operator(gpu, old7, profile):
+    r7, before = pick(gpu["results"], size="7b", method="qlora")["minift"], old7["results"][0]["minift"]
+    kinds = dict(re.findall(r"^\| (matmul|attention) \| ([\d.]+) \|", profile, re.M))
+    dequant = re.search(r"^\| _nf4_dequantize_kernel \| ([\d.]+) \|", profile, re.M).group(1)
+    head = re.search(r"GPU busy ([\d.]+) ms .*?, ([\d,]+) tok/s", profile)
+    return [f"kept the memory down ({gb(before['peak_bytes'])} GB) but ran at {tps(before['tok_per_s'])} tok/s",
+            f"both: {gb(r7['peak_bytes'])} GB at {tps(r7['tok_per_s'])} tok/s",
+            f"that day: {head.group(2)} tok/s): matmuls {kinds['matmul']} ms of the {head.group(1)} ms",
+            f"the NF4 dequantize {dequant} ms, attention {kinds['attention']} ms"]
+
+
+def recipe(rec):
+    m, hf = rec["minift"], rec["hf"]
+    first, steady = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", m["compile_line"]).groups()
+    return [f"**{tps(m['tok_per_s'])} tok/s** over the whole phase, HF {tps(hf['tok_per_s'])} tok/s: "
+            f"**{times(rec['speed_ratio'])}**", f"The first step took {first} s", f"(steady step {steady} s",
+            f"{rec['steps']} steps of {rec['batch_size']} x {rec['seq_len']}"]
+
+
+def fused_experiment(kept, tried):
+    def wall(profile):
+        return re.search(r"wall ([\d.]+) ms/step", profile).group(1)
+    return [f"({wall(kept)} -> {wall(tried)} ms"]
 
 
 def speed_fast(run1, run2):
@@ -626,6 +671,7 @@ H200, CPU, MEMORY_PY = "results/h200/", "results/cpu/", "minift/memory.py"
 WHOLE_JOB_7B = H200 + "whole_job_7b_14b.json"
 GRID, QUICK = H200 + "memory_check.json", H200 + "memory_check_quick.json"
 FAST = (H200 + "bench_fast.json", H200 + "bench_fast_run2.json")
+GPU, OLD_7B_QLORA = H200 + "bench_gpu.json", H200 + "bench_7b_qlora_fast_issue11.json"
 LEAN = (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json", H200 + "bench_lean.json", MEMORY_PY)
 KERNELS, XENT = H200 + "check_kernels.json", H200 + "check_kernels_xent.json"
 DECODE = (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json")
@@ -643,7 +689,14 @@ CHECKS = [   # in the order of the docs
     Text("step grid, after", "docs/memory.md", (GRID,), memory_grid_after),
     Table("quick grid", "docs/memory.md", (QUICK,), 3, memory_quick),
     Text("quick grid, after", "docs/memory.md", (GRID, QUICK), memory_quick_after),
-    Text("7B QLoRA issue 11", "docs/speed.md", (H200 + "bench_7b_qlora_fast_issue11.json", FAST[0]), issue11),
+    Table("strongest stacks", "docs/speed.md", (GPU,), 3, strongest),
+    Text("strongest stacks, after", "docs/speed.md", (GPU, OLD_7B_QLORA), strongest_after),
+    Text("NF4 operator", "docs/speed.md", (GPU, OLD_7B_QLORA, H200 + "profile_7b_qlora_fast-compile-graph_bf16.txt"),
+         qlora_operator),
+    Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json",), recipe),
+    Text("fused experiment", "docs/speed.md", (H200 + "profile_0.5b_lora_fast-compile-graph_bf16.txt",
+                                               H200 + "experiment_fused_lora_profile_0.5b_lora_fast-compile-graph_bf16.txt"),
+         fused_experiment),
     Table("fast", "docs/speed.md", FAST, 3, speed_fast),
     Text("fast, after", "docs/speed.md", (*FAST, H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
     Table("profiles", "docs/speed.md", PROFILES, 1, speed_profile,
