@@ -10,7 +10,9 @@ Both sides train the same base on the same rows for the same number of steps and
   - the data: the shipped data/fairytales_pairs.jsonl through minift.data.load_sft (ChatML,
     answer-only loss, packed rows of seq_len), as scripts/lora_qwen.py prepares it;
   - minift: minift.finetune.finetune, the function scripts/lora_qwen.py runs, with its defaults
-    (LoRA r=16 alpha=32 dropout 0.05 on all seven projections, the fast path as the recipe picks it);
+    (LoRA r=16 alpha=32 dropout 0.05 on all seven projections, the fast path as the recipe picks it),
+    except what is set here: --steps and --seq-len (lora_qwen.py alone packs rows of the longest
+    pair, 960 Qwen tokens, and trains one epoch) and no story evaluation (not training time);
   - HF: transformers + peft, the same LoRA, the model in bf16 under torch.autocast(bf16) (Trainer's
     bf16=True), Liger's kernels when liger-kernel imports (Trainer's use_liger_kernel=True), torch's
     fused AdamW, grad-norm clipping at 1.0: the steps Trainer runs, written out as a loop (the GPU image

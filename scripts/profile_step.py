@@ -79,7 +79,7 @@ def main():
     peak = torch.cuda.max_memory_allocated()
     print(f"{a.row}  batch {a.batch}x{a.seq}: wall {wall * 1e3:.1f} ms/step, GPU busy {busy * 1e3:.1f} ms "
           f"({100 * busy / wall:.0f}%), {launches:.0f} kernels/step, {a.batch * a.seq / wall:,.0f} tok/s, "
-          f"peak {peak / 1e9:.2f} GB (max_memory_allocated, profiler's own buffers included)")
+          f"peak {peak / 1e9:.2f} GB (max_memory_allocated over the warm-up and the profiled steps)")
     print("\n| kind | ms/step | share of busy |\n|---|---|---|")
     for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"| {kind} | {t * 1e3:.2f} | {100 * t / busy:.1f}% |")
