@@ -5,7 +5,7 @@
     for line in plan.lines: log(line)                       # what was picked, and why
     lora.add_lora(model, ..., compute_dtype=plan.adapter_compute_dtype)
     Batches(rows, 4, drop_last=plan.drop_last)
-    with fast_path.compiled_layers(model, plan.compile):
+    with fused_projections.fused(model, plan.fused_projections), fast_path.compiled_layers(model, plan.compile):
         train(model, ..., TrainConfig(..., cuda_graph=plan.cuda_graph))
 
 What it picks, each on unless its flag turns it off or the run cannot use it:
@@ -21,6 +21,11 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
     one shape (packed rows do) and grad_accum is 1. With accumulation the graph is left off and
     the compiled layers stay (a replay overwrites gradients instead of adding to them); a last
     short batch is dropped (drop_last) rather than turning the graph off. Off: --no-cuda-graph.
+  - fused projections (minift/fused_projections.py): LoRA on CUDA. q/k/v and gate/up of the
+    frozen base as one matmul each, the adapters' A products stacked, one dropout mask per group.
+    Not for QLoRA (NF4 bases are dequantized per projection) nor where every weight trains; not on
+    CPU or MPS, where LoRALinear recomputes each adapter's dropout in backward to save memory
+    and the fused product would keep a dropped copy. Off: --no-fused-projections.
   - the fused chunked loss (kernels/linear_cross_entropy_fused.py): always; minift's model has no
     other training loss, so there is no flag for it.
 
@@ -40,6 +45,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from minift import fused_projections
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_MATH = ("bf16", "fp32")
@@ -51,7 +58,10 @@ FLAGS = (
     ("--no-cuda-graph", dict(action="store_true", help="do not replay the step as a CUDA graph (fast path, CUDA)")),
     ("--adapter-math", dict(choices=ADAPTER_MATH, default="bf16",
                             help="LoRA matmul dtype over a bf16 base (default bf16; fp32 is peft's plain math)")),
+    ("--no-fused-projections", dict(action="store_true",
+                                    help="compute q/k/v and gate/up as separate matmuls (fast path, LoRA on CUDA)")),
 )
+ADAPTER_FLAGS = ("--adapter-math", "--no-fused-projections")  # recipes without adapters leave these out
 
 
 def describe(lines, compile_line: str | None = None) -> str:
@@ -62,8 +72,9 @@ def describe(lines, compile_line: str | None = None) -> str:
 def settings(args) -> dict:
     """The FLAGS' values from parsed arguments, as decide()'s (and FinetuneConfig's) keyword arguments."""
     out = dict(compile=not args.no_compile, cuda_graph=not args.no_cuda_graph)
-    if hasattr(args, "adapter_math"):  # a recipe without adapters (train_tiny.py) has no --adapter-math
+    if hasattr(args, "adapter_math"):  # a recipe without adapters (train_tiny.py) has no ADAPTER_FLAGS
         out["adapter_math"] = args.adapter_math
+        out["fused_projections"] = not args.no_fused_projections
     return out
 
 
@@ -73,6 +84,7 @@ class FastPath:
     compile: bool                               # compile the decoder layers
     cuda_graph: bool                            # TrainConfig.cuda_graph
     drop_last: bool                             # the training batches drop a short last batch
+    fused_projections: bool                     # fused_projections.fused(model) while training
     fused_loss: bool                            # always True (see the module doc)
     lines: tuple[str, ...]                      # one human-readable line per choice
 
@@ -80,20 +92,22 @@ class FastPath:
         """One line for a report: 'compiled layers, CUDA graph, bf16 adapter math, fused loss'."""
         on = [name for name, used in (("compiled layers", self.compile), ("CUDA graph", self.cuda_graph),
                                       ("bf16 adapter math", self.adapter_compute_dtype == torch.bfloat16),
+                                      ("fused q/k/v and gate/up", self.fused_projections),
                                       ("fused loss", self.fused_loss)) if used]
         return ", ".join(on)
 
 
 def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_shape: bool, grad_accum: int = 1,
            num_rows: int | None = None, batch_size: int | None = None, compile: bool = True,
-           cuda_graph: bool = True, adapter_math: str = "bf16") -> FastPath:
+           cuda_graph: bool = True, adapter_math: str = "bf16", fused_projections: bool = True) -> FastPath:
     """The fast-path settings for one run, and a line saying what was picked and why.
 
     device, dtype: where the model trains and the dtype its base computes in.
     method: "lora" / "qlora" (adapters) or anything else (every weight trained: no adapter math).
     one_shape: every training batch has the same (rows, columns) (packed data does), apart from a
       last short batch, which drop_last removes (needs num_rows and batch_size to say so).
-    compile, cuda_graph, adapter_math: the user's flags; False / "fp32" turn a feature off."""
+    compile, cuda_graph, adapter_math, fused_projections: the user's flags; False / "fp32" turn a
+      feature off."""
     device = torch.device(device)
     if adapter_math not in ADAPTER_MATH:
         raise ValueError(f"adapter_math must be one of {ADAPTER_MATH}, got {adapter_math!r}")
@@ -113,6 +127,22 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
         else:
             adapter_dtype = torch.bfloat16
             lines.append("adapter math: bf16 (fp32 A and B, bf16 matmuls; --adapter-math fp32 to turn off)")
+
+    # -- fused projections
+    use_fused = False
+    if method in ("lora", "qlora"):
+        if not fused_projections:
+            lines.append("fused projections: off (--no-fused-projections)")
+        elif method == "qlora":
+            lines.append("fused projections: off (NF4 bases are dequantized per projection; "
+                         "minift/fused_projections.py)")
+        elif not cuda:
+            lines.append(f"fused projections: off on {device.type} (each adapter recomputes its dropout "
+                         f"in backward there to save memory; minift/lora.py)")
+        else:
+            use_fused = True
+            lines.append("fused projections: on (q/k/v and gate/up as one matmul each; a group's adapters "
+                         "share one dropout mask; --no-fused-projections to turn off)")
 
     # -- compiled layers
     if not compile:
@@ -154,12 +184,12 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
 
     lines.append("loss: fused chunked linear + cross-entropy (the full logits are never materialised)")
     return FastPath(adapter_compute_dtype=adapter_dtype, compile=use_compile, cuda_graph=use_graph,
-                    drop_last=drop_last, fused_loss=True, lines=tuple(lines))
+                    drop_last=drop_last, fused_projections=use_fused, fused_loss=True, lines=tuple(lines))
 
 
 def train_with(plan: FastPath, model: nn.Module, train_batches, val_batches, cfg, **train_kwargs):
-    """minift.train.train with the plan's compiled layers and CUDA graph (cfg.cuda_graph is set
-    from the plan), logging the plan's lines and the first step's one-time cost.
+    """minift.train.train with the plan's fused projections, compiled layers and CUDA graph
+    (cfg.cuda_graph is set from the plan), logging the plan's lines and the first step's one-time cost.
     Returns (TrainResult, the compile line or None)."""
     from minift.train import train
     for line in plan.lines:
@@ -170,7 +200,7 @@ def train_with(plan: FastPath, model: nn.Module, train_batches, val_batches, cfg
         if event["kind"] == "train":
             step_seconds.append(event["tokens"] / event["tokens_per_s"])
     callbacks = [*(train_kwargs.pop("callbacks", None) or []), on_step]
-    with compiled_layers(model, plan.compile):
+    with fused_projections.fused(model, plan.fused_projections), compiled_layers(model, plan.compile):
         result = train(model, train_batches, val_batches, dataclasses.replace(cfg, cuda_graph=plan.cuda_graph),
                        callbacks=callbacks, **train_kwargs)
     line = first_step_line(step_seconds, plan.compile, plan.cuda_graph)

@@ -70,6 +70,7 @@ class FinetuneConfig:
     compile: bool = True               # compiled decoder layers (CUDA)
     cuda_graph: bool = True            # forward + backward as one CUDA graph (CUDA, one batch shape, grad_accum 1)
     adapter_math: str = "bf16"         # "bf16": LoRA matmuls in bf16 over a bf16 base; "fp32": peft's plain math
+    fused_projections: bool = True     # q/k/v and gate/up as one matmul each (LoRA on CUDA)
     story_eval: int = 50               # held-out fairytale requests scored before and after (0: off)
     story_eval_seeds: tuple = (0,)     # sampling seeds for that evaluation
     story_eval_max_tokens: int | None = None  # None: the longest training story + 10% (story_token_budget)
@@ -147,7 +148,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
                              f"truncation); raise seq_len")
     plan = fast_path.decide(device, dtype, method=cfg.method, one_shape=len({len(r) for r in data.train}) == 1,
                             grad_accum=cfg.grad_accum, num_rows=len(data.train), batch_size=cfg.batch_size,
-                            compile=cfg.compile, cuda_graph=cfg.cuda_graph, adapter_math=cfg.adapter_math)
+                            compile=cfg.compile, cuda_graph=cfg.cuda_graph, adapter_math=cfg.adapter_math,
+                            fused_projections=cfg.fused_projections)
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id,
                          drop_last=plan.drop_last)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device, pad_id=data.pad_id)

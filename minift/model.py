@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from minift import fused_projections
 from minift.config import ModelConfig
 from minift.kernels import linear_cross_entropy_fused, dispatch
 
@@ -104,12 +105,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=cfg.o_bias)
         self.impl = "sdpa"  # or "eager": the plain softmax(QK^T/sqrt(d))V a reader can step through
+        # set while minift/fused_projections.py fuses q, k and v into one matmul (training); not saved
+        self.register_buffer("qkv_weight", None, persistent=False)
+        self.register_buffer("qkv_bias", None, persistent=False)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # (B, nkv, T, hd)
+        if self.qkv_weight is not None:   # one matmul for the three (and one for their adapters)
+            q, k, v = fused_projections.linear(x, self.qkv_weight, self.qkv_bias,
+                                               (self.q_proj, self.k_proj, self.v_proj))
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)               # (B, T, nh*hd), (B, T, nkv*hd) x 2
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)                  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)                     # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)                     # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                         # (B, nkv, S, hd), S = past + T
@@ -148,11 +157,18 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, f, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(h, f, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(f, h, bias=cfg.mlp_bias)
+        # set while minift/fused_projections.py fuses gate and up into one matmul (training); not saved
+        self.register_buffer("gate_up_weight", None, persistent=False)
+        self.register_buffer("gate_up_bias", None, persistent=False)
 
     def forward(self, x):
         # dispatch.swiglu(gate, up) = F.silu(gate) * up (kernels/swiglu.py; on CUDA a fused kernel
         # whose backward saves gate and up only)
-        gate, up = self.gate_proj(x), self.up_proj(x)                       # (B, T, f) each
+        if self.gate_up_weight is not None:
+            gate, up = fused_projections.linear(x, self.gate_up_weight, self.gate_up_bias,
+                                                (self.gate_proj, self.up_proj))
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)                   # (B, T, f) each
         return self.down_proj(dispatch.swiglu(gate, up))
 
 

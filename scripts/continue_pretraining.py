@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--no-progress", action="store_true")
     for flag, kw in fast_path.FLAGS:
-        if flag != "--adapter-math":   # every weight trains: no adapters
+        if flag not in fast_path.ADAPTER_FLAGS:   # every weight trains: no adapters
             ap.add_argument(flag, **kw)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--seed", type=int)
     ap.add_argument("--no-progress", action="store_true")
     for flag, kw in fast_path.FLAGS:
-        if flag != "--adapter-math":   # no adapters when training from scratch
+        if flag not in fast_path.ADAPTER_FLAGS:   # no adapters when training from scratch
             ap.add_argument(flag, **kw)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

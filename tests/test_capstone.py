@@ -244,7 +244,7 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
     procs = {name: subprocess.Popen([sys.executable, SCRIPT, *extra, *common, "--out", str(tmp_path / name)],
                                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, extra in (("named", ["--model", base, "--no-compile", "--no-cuda-graph", "--adapter-math",
-                                            "fp32"]), ("embedded", []))}
+                                            "fp32", "--no-fused-projections"]), ("embedded", []))}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, (name, err[-3000:])
@@ -258,10 +258,12 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
         assert "eval loss:" in out and f"saved adapter: {adapter}" in out
         # the fast path says what it picked: each flag by name, else the CPU's own reasons
         if name == "named":
-            assert ("fast path:\n  adapter math: fp32 (--adapter-math fp32)\n  compiled layers: off (--no-compile)\n"
+            assert ("fast path:\n  adapter math: fp32 (--adapter-math fp32)\n  fused projections: off "
+                    "(--no-fused-projections)\n  compiled layers: off (--no-compile)\n"
                     "  CUDA graph: off (--no-cuda-graph)\n  loss: fused chunked") in out
         else:
             assert ("adapter math: fp32 (the base computes in float32 on cpu" in out
+                    and "fused projections: off on cpu" in out
                     and "compiled layers: off on cpu" in out and "CUDA graph: off on cpu" in out)
         assert rep["fast_path"] and rep["compile_line"] is None  # nothing compiled or captured on CPU
         assert rep["story_eval_after"]["n_requests"] == 2 and "story evaluation: 2 held-out requests" in out

@@ -49,8 +49,29 @@ def test_decide(name, kwargs, adapter, compiled, graph, drop_last, phrase):
     assert (plan.adapter_compute_dtype, plan.compile, plan.cuda_graph, plan.drop_last) == \
         (adapter, compiled, graph, drop_last), plan.lines
     assert plan.fused_loss and any(phrase in line for line in plan.lines), plan.lines
-    # one line per choice: adapters (when there are any), compile, graph, loss
-    assert len(plan.lines) == (4 if kwargs["method"] in ("lora", "qlora") else 3)
+    # one line per choice: adapter math and fused projections (when there are adapters), compile, graph, loss
+    assert len(plan.lines) == (5 if kwargs["method"] in ("lora", "qlora") else 3)
+    # fused projections: LoRA over a 16-bit base on CUDA only
+    assert plan.fused_projections == (kwargs["method"] == "lora" and kwargs["device"] == "cuda")
+
+
+FUSED = [
+    ("cuda lora: on", dict(CUDA, method="lora"), True, "fused projections: on"),
+    ("flag off", dict(CUDA, method="lora", fused_projections=False), False, "fused projections: off (--no-fused-projections)"),
+    ("qlora: NF4 bases", dict(CUDA, method="qlora"), False, "NF4 bases are dequantized per projection"),
+    ("cpu: dropout recomputed", dict(device="cpu", dtype=FP32, method="lora"), False, "fused projections: off on cpu"),
+    ("full: no line", dict(CUDA, method="full"), False, None),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,on,phrase", FUSED, ids=[t[0] for t in FUSED])
+def test_fused_projections_choice(name, kwargs, on, phrase):
+    with mock.patch.object(fast_path, "_triton_importable", return_value=True):
+        plan = fast_path.decide(one_shape=True, **kwargs)
+    assert plan.fused_projections == on
+    found = [line for line in plan.lines if line.startswith("fused projections")]
+    assert (found and phrase in found[0]) if phrase else not found, plan.lines
+    assert ("fused q/k/v and gate/up" in plan.summary()) == on
 
 
 def test_no_triton_means_no_compile_and_says_why():
@@ -71,12 +92,15 @@ def test_flags_parse_into_decide_arguments():
     ap = argparse.ArgumentParser()
     for flag, kw in fast_path.FLAGS:
         ap.add_argument(flag, **kw)
-    assert fast_path.settings(ap.parse_args([])) == dict(compile=True, cuda_graph=True, adapter_math="bf16")
-    off = fast_path.settings(ap.parse_args(["--no-compile", "--no-cuda-graph", "--adapter-math", "fp32"]))
-    assert off == dict(compile=False, cuda_graph=False, adapter_math="fp32")
+    assert fast_path.settings(ap.parse_args([])) == dict(compile=True, cuda_graph=True, adapter_math="bf16",
+                                                         fused_projections=True)
+    off = fast_path.settings(ap.parse_args(["--no-compile", "--no-cuda-graph", "--adapter-math", "fp32",
+                                            "--no-fused-projections"]))
+    assert off == dict(compile=False, cuda_graph=False, adapter_math="fp32", fused_projections=False)
     with mock.patch.object(fast_path, "_triton_importable", return_value=True):
         plan = fast_path.decide(**CUDA, method="lora", one_shape=True, **off)
-    assert (plan.compile, plan.cuda_graph, plan.adapter_compute_dtype) == (False, False, None)
+    assert (plan.compile, plan.cuda_graph, plan.adapter_compute_dtype, plan.fused_projections) == \
+        (False, False, None, False)
 
 
 def test_first_step_line_and_describe():

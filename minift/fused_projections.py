@@ -1,0 +1,161 @@
+"""q, k, v as one matmul, and gate, up as one matmul, over a frozen 16-bit base with LoRA adapters.
+
+    with fused_projections.fused(model):        # training (minift/fast_path.py turns it on)
+        loss = model(input_ids, targets)        # Attention and MLP call linear() below
+
+Note: why fuse. q, k and v read the same input, and so do gate and up. Computed apart, each is
+its own matmul, its own adapter's down-projection x @ A^T and, in backward, its own A gradient:
+seven small products per layer where three would do. On Qwen2.5-0.5B the k and v outputs are
+only 128 wide, too narrow to fill the H200. Measured on it (scripts/probe_fused_matmuls.py, one
+layer at 4 x 1024 tokens, bf16; results/h200/probe_fused_matmuls.json): q/k/v as one matmul took
+0.015 ms instead of 0.047 forward and 0.019 instead of 0.056 for the input gradient; the five
+adapters' x @ A^T as two stacked products 0.030 ms instead of 0.074, their A gradients 0.039
+instead of 0.094. Gate and up are wide already: fused they gained 0.01 ms on 0.5B. The whole
+step (scripts/profile_step.py, fused and --unfused, same run): 33.7 ms instead of 34.4 for the
+benchmark's step, and 38.5 ms instead of 42.0 (a run earlier that day) for the capstone's step
+with packed rows and dropout 0.05, whose peak fell from 7.71 to 6.97 GB with one dropout mask
+per group. A first version returned the group's outputs as one concatenated tensor; adding the
+adapters' updates then took a pass of its own over it and the step got slower (35.0 ms,
+results/h200/profile_0.5b_lora_fast-compile-graph_bf16_cat_fusion.txt); linear() below says
+what changed.
+litgpt and gpt-fast store q/k/v as one weight for the same reason.
+
+What fusing does, and undoes on leaving the block:
+  - the base weights of a group are copied once into one (sum of outs, in) tensor, kept as a
+    non-persistent buffer of the Attention (qkv_weight, qkv_bias) or MLP (gate_up_weight), and
+    each projection's weight becomes a view of its rows: no second copy of the model, and the
+    checkpoint's names and files do not change. Leaving the block gives every projection back a
+    weight (and bias) of its own and drops the buffer.
+  - the adapters' A matrices are stacked, so x @ [A_q; A_k; A_v]^T is one product; each B stays
+    its own (..., r) -> (..., out) product, scaled by its own alpha / r.
+  - one dropout mask of x serves the adapters of a group. peft draws one per adapter; here each
+    adapter still sees its input dropped at rate p, but q, k and v (and gate and up) see the same
+    mask. The alternative, a dropped copy of x per adapter, is what the fused product avoids
+    (seven copies per layer saved for backward become four).
+Only frozen bases: a base being trained (full fine-tuning, or bias="all") would get its gradient
+through the buffer, not through its parameter, so such a group is left unfused. NF4 bases
+(Linear4bit) are left unfused too: their weights are dequantized per projection inside an
+operator (minift/quant.py), and on 7B's wide projections the probe above found little to gain
+(q/k/v 0.173 ms fused against 0.186; gate/up 1.618 against 1.397 forward, slower).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# (module holding the group, buffer names, the projections in output order)
+GROUPS = (("self_attn", "qkv_weight", "qkv_bias", ("q_proj", "k_proj", "v_proj")),
+          ("mlp", "gate_up_weight", "gate_up_bias", ("gate_proj", "up_proj")))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, projections) -> tuple:
+    """Each projection's output, (..., out) apiece, from one matmul over the fused weight
+    (sum of outs, in) and one stacked adapter down-projection.
+
+    projections: the modules fused into `weight` (LoRALinear over nn.Linear, or all plain
+    nn.Linear), in the order of its rows. Each adapter computes what LoRALinear.forward does:
+    y + (dropout(x) @ A^T @ B^T) * scaling in the adapter's compute dtype, cast back to y's.
+    The outputs stay separate tensors rather than one concatenated one: each adapter's update is
+    then added where its output is next read (RoPE, SwiGLU), as in the unfused model, instead of
+    in a pass of its own over the whole (..., sum of outs) (measured on the H200: that pass, and its
+    backward, cost more than the fused matmuls saved)."""
+    y = F.linear(x, weight, bias)                                               # (..., sum out)
+    ys = y.split([p.out_features for p in projections], dim=-1)                 # (..., out) each, views
+    if not hasattr(projections[0], "lora_A"):
+        return ys
+    first = projections[0]
+    cd = first.compute_dtype or first.lora_A.weight.dtype
+    dropped = first.lora_dropout(x.to(cd))                                      # (..., in), one mask
+    stacked_a = torch.cat([p.lora_A.weight.to(cd) for p in projections])        # (sum r, in)
+    xa = F.linear(dropped, stacked_a)                                           # (..., sum r)
+    parts = xa.split([p.r for p in projections], dim=-1)                        # (..., r) each
+    return tuple((yi + F.linear(part, p.lora_B.weight.to(cd)) * p.scaling).to(yi.dtype)   # (..., out)
+                 for yi, part, p in zip(ys, parts, projections))
+
+
+def fusable(projections) -> bool:
+    """True when `projections` can share one matmul: frozen nn.Linear bases of one dtype and input
+    size, all with unmerged adapters of one compute dtype and one dropout rate, or none with any."""
+    adapted = [hasattr(p, "lora_A") for p in projections]
+    if any(adapted) and not all(adapted):
+        return False
+    bases = [_base(p) for p in projections]
+    if not all(type(b) is nn.Linear for b in bases):           # Linear4bit and the like: see the Note
+        return False
+    if any(t.requires_grad for b in bases for t in (b.weight, b.bias) if t is not None):
+        return False
+    if len({(b.weight.dtype, b.weight.device, b.in_features, b.bias is None) for b in bases}) != 1:
+        return False
+    if all(adapted):
+        if any(p.merged for p in projections):
+            return False
+        if len({(p.compute_dtype, p.lora_A.weight.dtype, _dropout_p(p)) for p in projections}) != 1:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def fused(model: nn.Module, enabled: bool = True):
+    """Fuse every fusable q/k/v and gate/up group of the model's layers for the block; undo after.
+    Yields the number of groups fused."""
+    done = fuse(model) if enabled else []
+    try:
+        yield len(done)
+    finally:
+        unfuse(done)
+
+
+def fuse(model: nn.Module) -> list:
+    """Fuse every fusable group now; returns what unfuse() needs to undo it (the block above is
+    the usual way; a benchmark that fuses for the life of its model calls this alone)."""
+    done = []
+    for layer in model.model.layers:
+        for owner_name, weight_name, bias_name, names in GROUPS:
+            owner = getattr(layer, owner_name)
+            projections = [getattr(owner, n) for n in names]
+            if fusable(projections):
+                _fuse(owner, weight_name, bias_name, projections)
+                done.append((owner, weight_name, bias_name, projections))
+    return done
+
+
+def unfuse(done: list) -> None:
+    for owner, weight_name, bias_name, projections in done:
+        _unfuse(owner, weight_name, bias_name, projections)
+
+
+def _fuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> None:
+    bases = [_base(p) for p in projections]
+    weight = torch.cat([b.weight.detach() for b in bases])                      # (sum out, in)
+    bias = torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None
+    start = 0
+    for b in bases:
+        stop = start + b.out_features
+        b.weight = nn.Parameter(weight[start:stop], requires_grad=False)       # a view: one copy in all
+        if bias is not None:
+            b.bias = nn.Parameter(bias[start:stop], requires_grad=False)
+        start = stop
+    setattr(owner, weight_name, weight)
+    setattr(owner, bias_name, bias)
+
+
+def _unfuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> None:
+    for p in projections:
+        b = _base(p)
+        b.weight = nn.Parameter(b.weight.detach().clone(), requires_grad=False)
+        if b.bias is not None:
+            b.bias = nn.Parameter(b.bias.detach().clone(), requires_grad=False)
+    setattr(owner, weight_name, None)
+    setattr(owner, bias_name, None)
+
+
+def _base(p: nn.Module) -> nn.Module:
+    """The frozen linear of a projection: a LoRALinear's base_layer, or the nn.Linear itself."""
+    return p.base_layer if hasattr(p, "lora_A") else p
+
+
+def _dropout_p(p: nn.Module) -> float:
+    return p.lora_dropout.p if isinstance(p.lora_dropout, nn.Dropout) else 0.0

@@ -1,0 +1,172 @@
+"""minift.fused_projections: q/k/v and gate/up as one matmul each give the loss and the adapter
+gradients of the unfused model, leave no trace after the block, and stay off where they cannot work."""
+import pytest
+import torch
+import torch.nn as nn
+
+import minift
+from minift import fused_projections, lora, quant
+
+VOCAB = 97
+
+
+def tiny_model(bias: bool, dtype=torch.float32, seed: int = 0) -> minift.Transformer:
+    cfg = minift.ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, qkv_bias=bias, mlp_bias=bias,
+                             tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = minift.Transformer(cfg).to(dtype)
+    with torch.no_grad():  # biases start at zero; make them matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    return model
+
+
+def adapted(bias: bool, dropout: float = 0.0, r: int = 4, **kw) -> minift.Transformer:
+    model = lora.add_lora(tiny_model(bias, **kw), r=r, alpha=2 * r, dropout=dropout)
+    with torch.no_grad():  # B starts at zero; give the adapters something to add
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    return model.train()
+
+
+def batch(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=g)
+    return ids, ids.roll(-1, dims=1)
+
+
+def loss_and_grads(model):
+    ids, targets = batch()
+    model.zero_grad(set_to_none=True)
+    loss = model(ids, targets)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# fp32 on the CPU: the fused matmul sums each output over the same K in the same blocks as the
+# separate ones, but MKL may order a wider product's reduction differently; 1e-5 relative is a few
+# fp32 ulps times the depth of a two-layer model, far below any effect of a wrong adapter.
+CLOSE = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "qkv+mlp-bias"])
+def test_fused_gives_the_unfused_loss_and_gradients(bias):
+    model = adapted(bias)
+    loss, grads = loss_and_grads(model)
+    with fused_projections.fused(model) as groups:
+        assert groups == 4                                       # q/k/v and gate/up in each of two layers
+        fused_loss, fused_grads = loss_and_grads(model)
+    torch.testing.assert_close(fused_loss, loss, **CLOSE)
+    assert fused_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], **CLOSE, msg=name)
+
+
+def test_bf16_base_with_bf16_adapter_math_matches_too():
+    model = adapted(False, dtype=torch.bfloat16)
+    for m in model.modules():
+        if isinstance(m, lora.LoRALinear):
+            m.compute_dtype = torch.bfloat16
+    loss, grads = loss_and_grads(model)
+    with fused_projections.fused(model):
+        fused_loss, fused_grads = loss_and_grads(model)
+    # bf16 products: a wider matmul may round its partial sums differently (bf16 has 8 bits of
+    # mantissa, so one rounding step is 0.4% relative); the loss of a 97-token vocabulary is ~4.6
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-2, atol=1e-2)
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=5e-2, atol=5e-3, msg=name)
+
+
+def test_the_block_leaves_the_model_as_it_was():
+    model = adapted(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pointers = {n: p.data_ptr() for n, p in model.named_parameters()}
+    with fused_projections.fused(model):
+        attn = model.model.layers[0].self_attn
+        q_base = attn.q_proj.base_layer
+        # the projections' weights are rows of the one fused buffer, not copies of it
+        assert q_base.weight.untyped_storage().data_ptr() == attn.qkv_weight.untyped_storage().data_ptr()
+        assert set(model.state_dict()) == set(before)            # the buffers are not saved
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    for layer in model.model.layers:
+        assert layer.self_attn.qkv_weight is None and layer.mlp.gate_up_weight is None
+    storages = {p.untyped_storage().data_ptr() for n, p in model.named_parameters() if "lora" not in n}
+    assert len(storages) == sum(1 for n, _ in model.named_parameters() if "lora" not in n)  # none shared
+    assert {n: p.data_ptr() for n, p in model.named_parameters() if "lora" in n} == \
+        {n: q for n, q in pointers.items() if "lora" in n}       # the trained tensors are the same objects
+
+
+def test_one_dropout_mask_serves_the_group():
+    """With dropout, q, k and v see one mask: the adapters' down-projections of one dropped x."""
+    model = adapted(False, dropout=0.5)
+    attn = model.model.layers[0].self_attn
+    seen = []
+    attn.q_proj.lora_dropout.register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(2, 8, 64)
+    with fused_projections.fused(model):
+        torch.manual_seed(0)
+        attn.qkv_weight is not None and fused_projections.linear(
+            x, attn.qkv_weight, attn.qkv_bias, (attn.q_proj, attn.k_proj, attn.v_proj))
+    assert len(seen) == 1                                         # one dropout for the three adapters
+    kept = seen[0] != 0
+    assert 0.3 < kept.float().mean() < 0.7                        # at rate p = 0.5
+
+
+def test_what_is_left_unfused():
+    full = tiny_model(False)                                      # every weight trains: the buffer would hide it
+    with fused_projections.fused(full) as groups:
+        assert groups == 0
+    q4 = quant.quantize_model(tiny_model(False))
+    q4 = lora.add_lora(q4, r=4, alpha=8)
+    with fused_projections.fused(q4) as groups:
+        assert groups == 0                                        # NF4 bases: dequantized per projection
+    only_q = lora.add_lora(tiny_model(False), r=4, alpha=8, targets=["q_proj", "v_proj", "gate_proj", "up_proj"])
+    with fused_projections.fused(only_q) as groups:
+        assert groups == 2                                        # gate/up in each layer; k has no adapter
+    frozen = tiny_model(False)
+    frozen.requires_grad_(False)
+    with fused_projections.fused(frozen) as groups:              # a plain frozen base: the products alone
+        assert groups == 4
+        ids, _ = batch()
+        fused_logits = frozen(ids)
+    torch.testing.assert_close(fused_logits, frozen(ids), **CLOSE)
+
+
+def test_undone_when_the_block_raises():
+    model = adapted(False)
+    with pytest.raises(RuntimeError, match="stop"):
+        with fused_projections.fused(model):
+            raise RuntimeError("stop")
+    assert all(layer.self_attn.qkv_weight is None for layer in model.model.layers)
+    assert isinstance(model.model.layers[0].self_attn.q_proj.base_layer.weight, nn.Parameter)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled CUDA path")
+def test_compiled_on_cuda_matches_the_unfused_step():
+    """What the recipes run on a GPU: bf16 base, bf16 adapter math, compiled layers."""
+    from minift import fast_path
+    model = adapted(True, dtype=torch.bfloat16).cuda()
+    for m in model.modules():
+        if isinstance(m, lora.LoRALinear):
+            m.compute_dtype = torch.bfloat16
+    ids, targets = (t.cuda() for t in batch())
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = model(ids, targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    with fast_path.compiled_layers(model, True):
+        loss, grads = step()
+    with fused_projections.fused(model), fast_path.compiled_layers(model, True):
+        fused_loss, fused_grads = step()
+    # bf16 products on tensor cores, compiled both times: as in the CPU bf16 test above
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-2, atol=1e-2)
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=5e-2, atol=5e-3, msg=name)
