@@ -49,18 +49,25 @@ class Row:
 
 def training_step(cfg: ModelConfig, method: str, *, device="cuda", dtype="bfloat16", grad_ckpt=False,
                   loss_chunk=1024, lora_r: int = 16, compile: bool = False, cuda_graph: bool = False,
-                  lora_compute: str = "fp32"):
-    """A random-weight model for `method` and a function step(ids, targets) -> loss that runs one
-    forward/backward/AdamW step on it, as the benchmark times it."""
+                  lora_compute: str = "fp32", lora_dropout: float = 0.0, fused: bool | None = None):
+    """A random-weight model for `method` and a function step(ids, targets, **inputs) -> loss that
+    runs one forward/backward/AdamW step on it, as the benchmark times it. inputs: the model's other
+    keyword inputs (position_ids, segment_ids for packed rows, as the recipes train).
+    fused: q/k/v and gate/up as one matmul each (minift/fused_projections.py); None: as the
+    recipes' fast path picks it (LoRA on CUDA)."""
     from minift.device import resolve_dtype
     from minift.measure import build_model
     from minift.optim import AdamW, param_groups
 
     device = torch.device(device)
     model = build_model(cfg, method, device, resolve_dtype(dtype, device), lora_r=lora_r,
-                        lora_compute_dtype=torch.bfloat16 if lora_compute == "bf16" else None)
+                        lora_compute_dtype=torch.bfloat16 if lora_compute == "bf16" else None,
+                        lora_dropout=lora_dropout)
     model.gradient_checkpointing = grad_ckpt
     model.loss_chunk_size = loss_chunk
+    if fused if fused is not None else (method == "lora" and device.type == "cuda"):
+        from minift import fused_projections
+        fused_projections.fuse(model)   # for the model's whole life: nothing to undo
     if compile:
         model.compile_layers()
     opt = AdamW(param_groups(model, 0.0), lr=1e-5)
@@ -73,8 +80,8 @@ def training_step(cfg: ModelConfig, method: str, *, device="cuda", dtype="bfloat
             loss.backward()
             return loss
 
-    def step(ids, targets):
-        loss = forward_backward(input_ids=ids, targets=targets)
+    def step(ids, targets, **inputs):
+        loss = forward_backward(input_ids=ids, targets=targets, **inputs)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
@@ -84,7 +91,7 @@ def training_step(cfg: ModelConfig, method: str, *, device="cuda", dtype="bfloat
 def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, steps: int = 8,
                         device="cuda", dtype="bfloat16", grad_ckpt=False, loss_chunk=1024,
                         lora_r: int = 16, compile: bool = False, cuda_graph: bool = False,
-                        lora_compute: str = "fp32") -> dict:
+                        lora_compute: str = "fp32", fused: bool | None = None) -> dict:
     """Build a random-weight model for `method`, run `steps` forward/backward/AdamW steps on random
     tokens, return peak memory (torch.cuda.max_memory_allocated) and the median steady step time."""
     device = torch.device(device)
@@ -92,7 +99,7 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
     static = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     model, step = training_step(cfg, method, device=device, dtype=dtype, grad_ckpt=grad_ckpt,
                                 loss_chunk=loss_chunk, lora_r=lora_r, compile=compile, cuda_graph=cuda_graph,
-                                lora_compute=lora_compute)
+                                lora_compute=lora_compute, fused=fused)
     sync()
     static = (torch.cuda.memory_allocated() - static) if device.type == "cuda" else 0
     if device.type == "cuda":
@@ -108,7 +115,10 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
         sync()
         times.append(time.perf_counter() - t0)
     steady = sorted(times[2:])[len(times[2:]) // 2]
-    return dict(static_bytes=static, peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+    fused_groups = sum(layer.self_attn.qkv_weight is not None for layer in model.model.layers) + \
+        sum(layer.mlp.gate_up_weight is not None for layer in model.model.layers)
+    return dict(static_bytes=static, fused_groups=fused_groups,
+                peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
                 step_s=steady, tok_per_s=batch * seq / steady)
 
 

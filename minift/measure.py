@@ -187,7 +187,7 @@ def _cpu_allocator_peak(fn, t0) -> Peak:
 def build_model(cfg: ModelConfig, method: str, device, dtype, *, lora_r: int = 16,
                 lora_targets="all-linear", adapter_dtype=torch.float32,
                 lora_compute_dtype: torch.dtype | None = None, blocksize: int = 64,
-                double_quant: bool = True, seed: int = 0):
+                double_quant: bool = True, seed: int = 0, lora_dropout: float = 0.0):
     """A random-weight minift model of `cfg`, made ready for `method` (memory does not depend
     on the values). LoRA and NF4 are imported only when asked for."""
     from minift.model import Transformer
@@ -205,8 +205,8 @@ def build_model(cfg: ModelConfig, method: str, device, dtype, *, lora_r: int = 1
         quant.quantize_model(model, blocksize=blocksize, double_quant=double_quant)
     if method in ("lora", "qlora"):
         from minift import lora
-        lora.add_lora(model, r=lora_r, alpha=2 * lora_r, targets=lora_targets, adapter_dtype=adapter_dtype,
-                      compute_dtype=lora_compute_dtype)
+        lora.add_lora(model, r=lora_r, alpha=2 * lora_r, dropout=lora_dropout, targets=lora_targets,
+                      adapter_dtype=adapter_dtype, compute_dtype=lora_compute_dtype)
     if method == "inference":
         model.eval()
         for p in model.parameters():

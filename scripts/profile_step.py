@@ -2,6 +2,12 @@
 
     python scripts/profile_step.py --row 0.5b:lora:fast+compile --out prof/
     python scripts/profile_step.py --row 7b:qlora:fast+compile:bf16 --top 30 --out prof/
+    python scripts/profile_step.py --row 0.5b:lora:fast+compile+graph:bf16 --docs 3 --dropout 0.05
+
+--docs N packs N documents into each row (segment ids, positions restarting at each document, as
+the recipes' packed rows are) and --dropout sets the adapters' dropout: the capstone's step is
+`--docs 3 --dropout 0.05`, the benchmark's is neither. --unfused computes q/k/v and gate/up as
+separate matmuls, to profile what minift/fused_projections.py saves.
 
 The same step scripts/bench_train.py times (minift.bench.training_step: random weights, batch x seq
 random tokens, AdamW), warmed up, then `--steps` steps under torch.profiler. Prints the wall time
@@ -34,6 +40,16 @@ def kernel_kind(name: str) -> str:
     return "other (PyTorch elementwise, reductions, copies)"
 
 
+def packed_inputs(batch: int, seq: int, docs: int) -> dict:
+    """segment_ids and position_ids (batch, seq) for rows of `docs` equal documents (the last takes
+    the remainder), positions restarting at 0 in each: what data.pack_rows gives the model."""
+    starts = torch.arange(docs) * (seq // docs)                               # (docs,)
+    column = torch.arange(seq)
+    segment = (column[:, None] >= starts[None, 1:]).sum(1)                    # (seq,) 0..docs-1
+    position = column - starts[segment]                                       # (seq,)
+    return dict(segment_ids=segment.expand(batch, seq).cuda(), position_ids=position.expand(batch, seq).cuda())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--row", required=True, help="SIZE:METHOD:MODE[:LORA_COMPUTE], e.g. 0.5b:lora:fast+compile:bf16")
@@ -42,25 +58,31 @@ def main():
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--docs", type=int, default=1, help="documents packed into each row (1: plain causal rows)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="the adapters' dropout (lora_qwen.py uses 0.05)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="q/k/v and gate/up as separate matmuls (the recipes fuse them for LoRA on CUDA)")
     ap.add_argument("--out", default="prof")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_step profiles CUDA kernels: it needs a CUDA GPU")
     row = Row(*a.row.split(":"))
     cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
-    _, step = training_step(cfg, row.method, lora_compute=row.lora_compute, **MODES[row.mode])
+    _, step = training_step(cfg, row.method, lora_compute=row.lora_compute, lora_dropout=a.dropout,
+                            fused=False if a.unfused else None, **MODES[row.mode])
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, cfg.vocab_size, (a.batch, a.seq), generator=gen).cuda()
                for _ in range(a.warmup + a.steps)]
+    inputs = packed_inputs(a.batch, a.seq, a.docs) if a.docs > 1 else {}
     for ids in batches[:a.warmup]:
-        step(ids, ids.roll(-1, dims=1))
+        step(ids, ids.roll(-1, dims=1), **inputs)
     torch.cuda.synchronize()
 
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         t0 = time.perf_counter()
         for ids in batches[a.warmup:]:
-            step(ids, ids.roll(-1, dims=1))
+            step(ids, ids.roll(-1, dims=1), **inputs)
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / a.steps
 
@@ -77,7 +99,8 @@ def main():
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:a.top]
 
     peak = torch.cuda.max_memory_allocated()
-    print(f"{a.row}  batch {a.batch}x{a.seq}: wall {wall * 1e3:.1f} ms/step, GPU busy {busy * 1e3:.1f} ms "
+    print(f"{a.row}  batch {a.batch}x{a.seq}, {a.docs} docs/row, dropout {a.dropout:g}"
+          f"{', unfused' if a.unfused else ''}: wall {wall * 1e3:.1f} ms/step, GPU busy {busy * 1e3:.1f} ms "
           f"({100 * busy / wall:.0f}%), {launches:.0f} kernels/step, {a.batch * a.seq / wall:,.0f} tok/s, "
           f"peak {peak / 1e9:.2f} GB (max_memory_allocated over the warm-up and the profiled steps)")
     print("\n| kind | ms/step | share of busy |\n|---|---|---|")
@@ -88,10 +111,13 @@ def main():
         print(f"| {name[:110]} | {t / a.steps / 1e3:.2f} | {c / a.steps:.0f} |")
 
     os.makedirs(a.out, exist_ok=True)
-    out = dict(row=a.row, batch=a.batch, seq=a.seq, device=torch.cuda.get_device_name(), torch=torch.__version__,
+    out = dict(row=a.row, batch=a.batch, seq=a.seq, docs=a.docs, dropout=a.dropout, unfused=a.unfused,
+               device=torch.cuda.get_device_name(), torch=torch.__version__,
                wall_s=wall, gpu_busy_s=busy, peak_bytes=peak, kernels_per_step=launches, by_kind_s=dict(by_kind),
                top=[dict(name=n, s_per_step=t / a.steps / 1e6, calls_per_step=c / a.steps) for n, (t, c) in top])
-    with open(os.path.join(a.out, f"profile_{a.row.replace(':', '_').replace('+', '-')}.json"), "w") as f:
+    extra = (f"_docs{a.docs}" if a.docs > 1 else "") + (f"_dropout{a.dropout:g}" if a.dropout else "") + \
+        ("_unfused" if a.unfused else "")
+    with open(os.path.join(a.out, f"profile_{a.row.replace(':', '_').replace('+', '-')}{extra}.json"), "w") as f:
         json.dump(out, f, indent=2)
 
 
