@@ -273,18 +273,62 @@ def qlora_operator(gpu, old7, profile):
             f"the NF4 dequantize {dequant} ms, attention {kinds['attention']} ms"]
 
 
-def recipe(rec):
-    m, hf = rec["minift"], rec["hf"]
-    first, steady = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", m["compile_line"]).groups()
+def recipe(rec, before):
+    m, warm, hf = rec["minift"], rec["minift_warm"], rec["hf"]
+
+    def first_and_steady(side):
+        return re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", side["compile_line"]).groups()
+    first, steady = first_and_steady(m)
     return [f"**{tps(m['tok_per_s'])} tok/s** over the whole phase, HF {tps(hf['tok_per_s'])} tok/s: "
-            f"**{times(rec['speed_ratio'])}**", f"The first step took {first} s", f"(steady step {steady} s",
-            f"{rec['steps']} steps of {rec['batch_size']} x {rec['seq_len']}"]
+            f"**{times(rec['speed_ratio'])}**", f"The first step took {first} s", f"(steady step {steady} s)",
+            f"{rec['steps']} steps of {rec['batch_size']} x {rec['seq_len']}",
+            f"first step {first_and_steady(warm)[0]} s, **{tps(warm['tok_per_s'])} tok/s**, "
+            f"**{times(rec['speed_ratio_warm'])}**",
+            f"the steady step was {first_and_steady(before['minift'])[1]} s",
+            f"{times(before['speed_ratio'])})"]
+
+
+def anchor_variance(gpu, earlier):
+    r05 = pick(gpu["results"], size="0.5b", method="lora", mode="fast+compile+graph")
+    r7 = pick(gpu["results"], size="7b", method="qlora")
+    e05 = pick(earlier["results"], size="0.5b", method="lora", mode="fast+compile+graph")
+    e7 = pick(earlier["results"], size="7b", method="qlora")
+    a7, ea7 = r7["anchors"][0], e7["anchors"][0]
+    return [f"7B QLoRA step at {tps(e7['minift']['tok_per_s'])} tok/s against {tps(ea7['tok_per_s'])} for the "
+            f"same HF stack: {times(e7['speed_ratio'])}, where the run above measured that anchor at "
+            f"{tps(a7['tok_per_s'])}",
+            f"Liger's 0.5B anchor ran {tps(pick(e05['anchors'], kind='liger+autocast')['tok_per_s'])} there and "
+            f"{tps(pick(r05['anchors'], kind='liger+autocast')['tok_per_s'])} here",
+            f"between {times(r7['speed_ratio'])} and {times(e7['speed_ratio'])}"]
+
+
+def wall_ms(profile: str) -> str:
+    return re.search(r"wall ([\d.]+) ms/step", profile).group(1)
+
+
+def peak_gb(profile: str) -> str:
+    return re.search(r"peak ([\d.]+) GB", profile).group(1)
+
+
+def fused_step(fused, unfused, cat, probe):
+    small = probe["0.5b"]
+    return [f"q/k/v {small['qkv_fused_forward']:.3f} ms fused against {small['qkv_separate_forward']:.3f} forward",
+            f"x @ A^T {small['adapter_down_2_stacked']:.3f} ms stacked against {small['adapter_down_5_separate']:.3f}",
+            f"{wall_ms(fused)} ms against {wall_ms(unfused)} ms, "
+            f"{100 * (1 - float(wall_ms(fused)) / float(wall_ms(unfused))):.0f}%",
+            f"slower than not fusing ({wall_ms(cat)} ms)"]
+
+
+def capstone_step(docs, dropout, both, both_fused):
+    attention = re.search(r"^\| attention \| ([\d.]+) \|", docs, re.M).group(1)
+    return [f"the mask alone made the step {wall_ms(docs)} ms", f"attention {attention} ms",
+            f"dropout alone {wall_ms(dropout)} ms at a peak of {peak_gb(dropout)} GB",
+            f"both {wall_ms(both)} ms at {peak_gb(both)} GB",
+            f"both, {wall_ms(both_fused)} ms at {peak_gb(both_fused)} GB"]
 
 
 def fused_experiment(kept, tried):
-    def wall(profile):
-        return re.search(r"wall ([\d.]+) ms/step", profile).group(1)
-    return [f"({wall(kept)} -> {wall(tried)} ms"]
+    return [f"({wall_ms(kept)} -> {wall_ms(tried)} ms"]
 
 
 def speed_fast(run1, run2):
@@ -693,8 +737,19 @@ CHECKS = [   # in the order of the docs
     Text("strongest stacks, after", "docs/speed.md", (GPU, OLD_7B_QLORA), strongest_after),
     Text("NF4 operator", "docs/speed.md", (GPU, OLD_7B_QLORA, H200 + "profile_7b_qlora_fast-compile-graph_bf16.txt"),
          qlora_operator),
-    Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json",), recipe),
-    Text("fused experiment", "docs/speed.md", (H200 + "profile_0.5b_lora_fast-compile-graph_bf16.txt",
+    Text("anchor variance", "docs/speed.md", (GPU, H200 + "bench_gpu_cat_fusion_run.json"), anchor_variance),
+    Text("fused projections", "docs/speed.md",
+         tuple(H200 + f for f in ("profile_0.5b_lora_fast-compile-graph_bf16.txt",
+                                  "profile_0.5b_lora_fast-compile-graph_bf16_unfused.txt",
+                                  "profile_0.5b_lora_fast-compile-graph_bf16_cat_fusion.txt", "probe_fused_matmuls.json")),
+         fused_step),
+    Text("capstone step", "docs/speed.md",
+         tuple(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_{f}.txt"
+               for f in ("docs3_unfused", "dropout0.05_unfused", "docs3_dropout0.05_unfused", "docs3_dropout0.05")),
+         capstone_step),
+    Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json", H200 + "bench_recipe_before_optimizer_fix.json"),
+         recipe),
+    Text("fused experiment", "docs/speed.md", (H200 + "profile_0.5b_lora_fast-compile-graph_bf16_before_fusion.txt",
                                                H200 + "experiment_fused_lora_profile_0.5b_lora_fast-compile-graph_bf16.txt"),
          fused_experiment),
     Table("fast", "docs/speed.md", FAST, 3, speed_fast),
