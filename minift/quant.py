@@ -50,7 +50,7 @@ _FP32_BUFFERS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "ne
 # keeps is the packed codes and statistics, which are resident anyway. (Before this, a
 # checkpointed region inside the compiled layer forced the recompute; it kept the memory but ran
 # 7B QLoRA at 13,693 tok/s, results/h200/bench_7b_qlora_fast_issue11.json. With the operators:
-# 16,543 tok/s at 24.95 GB, results/h200/bench_gpu.json.)
+# 16,584 tok/s at 24.95 GB, results/h200/bench_gpu.json.)
 
 @torch.library.custom_op("minift::nf4_linear", mutates_args=())
 def _nf4_linear(x: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor, absmax: torch.Tensor,
