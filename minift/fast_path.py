@@ -200,7 +200,9 @@ def train_with(plan: FastPath, model: nn.Module, train_batches, val_batches, cfg
         if event["kind"] == "train":
             step_seconds.append(event["tokens"] / event["tokens_per_s"])
     callbacks = [*(train_kwargs.pop("callbacks", None) or []), on_step]
-    with fused_projections.fused(model, plan.fused_projections), compiled_layers(model, plan.compile):
+    with fused_projections.fused(model, plan.fused_projections) as groups, compiled_layers(model, plan.compile):
+        if plan.fused_projections:  # 0 where no group qualifies (fused_projections.fusable says which do)
+            logger.info("fast path: fused projections: %d q/k/v and gate/up groups fused", groups)
         result = train(model, train_batches, val_batches, dataclasses.replace(cfg, cuda_graph=plan.cuda_graph),
                        callbacks=callbacks, **train_kwargs)
     line = first_step_line(step_seconds, plan.compile, plan.cuda_graph)

@@ -147,6 +147,27 @@ def test_undone_when_the_block_raises():
     assert isinstance(model.model.layers[0].self_attn.q_proj.base_layer.weight, nn.Parameter)
 
 
+def test_the_recipes_training_block_fuses_trains_and_undoes(caplog):
+    """fast_path.train_with, as the recipes call it with the plan CUDA gets (here on the CPU):
+    it says how many groups it fused, trains the adapters through them, and unfuses after."""
+    import dataclasses
+    import logging
+    from minift import fast_path
+    from minift.train import TrainConfig
+    model = adapted(True)
+    a_before = model.model.layers[0].self_attn.q_proj.lora_A.weight.detach().clone()
+    plan = dataclasses.replace(fast_path.decide("cpu", torch.float32, method="lora", one_shape=True),
+                               fused_projections=True)
+    ids, targets = batch()
+    with caplog.at_level(logging.INFO, logger="minift.fast_path"):
+        result, _ = fast_path.train_with(plan, model, [{"input_ids": ids, "targets": targets}] * 2, None,
+                                         TrainConfig(steps=2, lr=1e-2, progress=False))
+    assert "fused projections: 4 q/k/v and gate/up groups fused" in caplog.text
+    assert len(result.losses) == 2
+    assert not torch.equal(model.model.layers[0].self_attn.q_proj.lora_A.weight, a_before)  # it trained
+    assert all(layer.self_attn.qkv_weight is None and layer.mlp.gate_up_weight is None for layer in model.model.layers)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled CUDA path")
 def test_compiled_on_cuda_matches_the_unfused_step():
     """What the recipes run on a GPU: bf16 base, bf16 adapter math, compiled layers."""
