@@ -59,7 +59,7 @@ def _nf4_linear(x: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor
                 nested_blocksize: int, weight_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.Tensor:
     """x (..., in) in compute_dtype -> x @ dequantize(W).T + bias, (..., out)."""
     w = dequantize_args(packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
-                        blocksize, nested_blocksize, weight_dtype, compute_dtype)   # (out, in), transient
+                        blocksize, nested_blocksize, weight_dtype, compute_dtype=compute_dtype)  # (out, in), transient
     return F.linear(x, w, bias)                                                # (..., out)
 
 
@@ -71,18 +71,22 @@ def _nf4_linear_grad_input(grad_y: torch.Tensor, packed: torch.Tensor, absmax: t
                            compute_dtype: torch.dtype) -> torch.Tensor:
     """grad_y (..., out) -> grad_y @ dequantize(W), (..., in): the backward's dequantize, again transient."""
     w = dequantize_args(packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
-                        blocksize, nested_blocksize, weight_dtype, compute_dtype)   # (out, in)
+                        blocksize, nested_blocksize, weight_dtype, compute_dtype=compute_dtype)  # (out, in)
     return grad_y @ w.to(grad_y.dtype)                                         # (..., in)
 
 
-def dequantize_args(packed, absmax, code, offset, nested_absmax, nested_code, out_features: int, in_features: int,
-                    blocksize: int, nested_blocksize: int, weight_dtype: torch.dtype,
-                    compute_dtype: torch.dtype) -> torch.Tensor:
+def dequantize_args(packed, *state_args, compute_dtype: torch.dtype) -> torch.Tensor:
     """The (out, in) weight from the operators' flat arguments (Linear4bit.op_args)."""
-    state = nf4.NF4State(absmax=absmax, shape=torch.Size((out_features, in_features)), dtype=weight_dtype,
-                         blocksize=blocksize, code=code, offset=offset, nested_absmax=nested_absmax,
-                         nested_code=nested_code, nested_blocksize=nested_blocksize)
-    return dispatch.dequantize_nf4(packed, state, compute_dtype)
+    return dispatch.dequantize_nf4(packed, nf4_state(*state_args), compute_dtype)
+
+
+def nf4_state(absmax, code, offset, nested_absmax, nested_code, out_features: int, in_features: int,
+              blocksize: int, nested_blocksize: int, weight_dtype: torch.dtype) -> nf4.NF4State:
+    """The NF4State of flat arguments, in Linear4bit.op_args' order (no copies): the one place both
+    Linear4bit.quant_state and the operators build it."""
+    return nf4.NF4State(absmax=absmax, shape=torch.Size((out_features, in_features)), dtype=weight_dtype,
+                        blocksize=blocksize, code=code, offset=offset, nested_absmax=nested_absmax,
+                        nested_code=nested_code, nested_blocksize=nested_blocksize)
 
 
 @_nf4_linear.register_fake
@@ -210,10 +214,7 @@ class Linear4bit(nn.Module):
     @property
     def quant_state(self) -> nf4.NF4State:
         """The NF4State view of the buffers (no copies)."""
-        return nf4.NF4State(absmax=self.absmax, shape=torch.Size((self.out_features, self.in_features)),
-                            dtype=self.weight_dtype, blocksize=self.blocksize, code=self.quant_map,
-                            offset=self.nested_offset, nested_absmax=self.nested_absmax,
-                            nested_code=self.nested_quant_map, nested_blocksize=self.nested_blocksize)
+        return nf4_state(*self.op_args()[1:-1])   # op_args less the packed codes and the compute dtype
 
     @property
     def double_quant(self) -> bool:
