@@ -65,7 +65,11 @@ def training_step(cfg: ModelConfig, method: str, *, device="cuda", dtype="bfloat
                         lora_dropout=lora_dropout)
     model.gradient_checkpointing = grad_ckpt
     model.loss_chunk_size = loss_chunk
-    if fused if fused is not None else (method == "lora" and device.type == "cuda"):
+    if fused is None:   # the recipes' rule, from the one place that holds it
+        from minift import fast_path
+        plan = fast_path.decide(device, resolve_dtype(dtype, device), method=method, one_shape=True)
+        fused = plan.fused_projections
+    if fused:
         from minift import fused_projections
         fused_projections.fuse(model)   # for the model's whole life: nothing to undo
     if compile:

@@ -110,9 +110,9 @@ def test_one_dropout_mask_serves_the_group():
     attn.q_proj.lora_dropout.register_forward_hook(lambda m, i, o: seen.append(o))
     x = torch.randn(2, 8, 64)
     with fused_projections.fused(model):
+        assert attn.qkv_weight is not None
         torch.manual_seed(0)
-        attn.qkv_weight is not None and fused_projections.linear(
-            x, attn.qkv_weight, attn.qkv_bias, (attn.q_proj, attn.k_proj, attn.v_proj))
+        fused_projections.linear(x, attn.qkv_weight, attn.qkv_bias, (attn.q_proj, attn.k_proj, attn.v_proj))
     assert len(seen) == 1                                         # one dropout for the three adapters
     kept = seen[0] != 0
     assert 0.3 < kept.float().mean() < 0.7                        # at rate p = 0.5

@@ -183,8 +183,9 @@ def test_merge_into_4bit_and_export(caplog):
 def test_compiled_4bit_layer_saves_no_dequantized_weight_and_matches_eager():
     """Under torch.compile the joint graph would merge forward's and backward's dequantize, and the
     partitioner kept the merged bf16 weight for backward: a 16-bit copy of the base (quant.py, Note:
-    an operator of its own, which is what prevents it). Counted with saved_tensors_hooks on the compiled function; the backend that runs
-    AOTAutograd's real partitioner without Inductor's code generation keeps the test fast."""
+    an operator of its own, which is what prevents it). Counted with saved_tensors_hooks on the
+    compiled function; the backend that runs AOTAutograd's real partitioner without Inductor's code
+    generation keeps the test fast."""
     torch.manual_seed(0)
     IN, OUT, N = 256, 512, 64
     lin = nn.Linear(IN, OUT, bias=True, dtype=torch.bfloat16)
