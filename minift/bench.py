@@ -97,7 +97,8 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
                         lora_r: int = 16, compile: bool = False, cuda_graph: bool = False,
                         lora_compute: str = "fp32", fused: bool | None = None) -> dict:
     """Build a random-weight model for `method`, run `steps` forward/backward/AdamW steps on random
-    tokens, return peak memory (torch.cuda.max_memory_allocated) and the median steady step time."""
+    tokens, return peak memory (torch.cuda.max_memory_allocated), the median steady step time and the
+    first step's time (compile, CUDA graph capture and warm-up included: the one-time cost)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     static = torch.cuda.memory_allocated() if device.type == "cuda" else 0
@@ -123,7 +124,7 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
         sum(layer.mlp.gate_up_weight is not None for layer in model.model.layers)
     return dict(static_bytes=static, fused_groups=fused_groups,
                 peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-                step_s=steady, tok_per_s=batch * seq / steady)
+                step_s=steady, first_step_s=times[0], tok_per_s=batch * seq / steady)
 
 
 def run_minift_row(row: Row, timeout: float = 600) -> dict:

@@ -1,7 +1,7 @@
 """The fast path: which speed features a training run uses, decided in one place, with the reasons.
 
     plan = fast_path.decide(device, torch.bfloat16, method="lora", one_shape=True, grad_accum=1,
-                            num_rows=len(rows), batch_size=4)
+                            num_rows=len(rows), batch_size=4, steps=300)
     for line in plan.lines: log(line)                       # what was picked, and why
     lora.add_lora(model, ..., compute_dtype=plan.adapter_compute_dtype)
     Batches(rows, 4, drop_last=plan.drop_last)
@@ -12,10 +12,11 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
   - bf16 adapter math (LoRALinear compute_dtype): when the base computes in bf16 (the device runs
     bf16). The adapters' matmuls then run on tensor cores and keep no fp32 copy of their input
     (minift/lora.py, Note: compute_dtype); A and B stay fp32 parameters. Off: --adapter-math fp32.
-  - compiled decoder layers (Transformer.compile_layers): on CUDA. Not on CPU or MPS: on the 2-core
-    CPU machine, compiling one LoRA-wrapped layer cost 9-20 s of CPU time (2-5 minutes of wall time
-    on the shared machine), so a run of a few hundred CPU steps starts minutes later, and Inductor
-    builds C++ there, which not every laptop has. Whether the compiled CPU step is faster was not
+  - compiled decoder layers (Transformer.compile_layers): on CUDA for a run of COMPILE_MIN_STEPS
+    steps or more (Note: when compiling pays); --compile for a shorter run too. Not on CPU or MPS:
+    on the 2-core CPU machine, compiling one LoRA-wrapped layer cost 9-20 s of CPU time (2-5
+    minutes of wall time on the shared machine), so a run of a few hundred CPU steps starts minutes
+    later, and Inductor builds C++ there, which not every laptop has. Whether the compiled CPU step is faster was not
     measured (the machine was shared); off until a measurement shows it pays. Off: --no-compile.
   - the CUDA graph (minift/cuda_graph.py, TrainConfig.cuda_graph): on CUDA when every batch has
     one shape (packed rows do) and grad_accum is 1. With accumulation the graph is left off and
@@ -29,6 +30,20 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
   - the fused chunked loss (kernels/linear_cross_entropy_fused.py): always; minift's model has no
     other training loss, so there is no flag for it.
 
+Note: when compiling pays. Compiling is a one-time cost paid in the first step; it then saves a
+little on every step, as the CUDA graph has already removed the launch overhead it would otherwise
+remove. Measured on the H200 (2026-12-01, empty compile caches, a user's first run):
+  - the capstone's training (lora_qwen.py's finetune, 0.5B LoRA, 4 x 1024, 300 steps;
+    results/h200/bench_recipe_compile_default.json): first step 15.0 s compiled against 2.1 s
+    eager with the graph, steady step 0.041 s against 0.047 s: compiling pays back after ~2,150 steps;
+  - 7B QLoRA (bench_train's step; results/h200/bench_7b_qlora_fast-graph_bf16.json and
+    ..._fast-compile-graph_bf16.json): first step 16.6 s against 7.3 s, steady 0.246 s against
+    0.262 s: after ~570 steps.
+So a run shorter than COMPILE_MIN_STEPS (the capstone trains 211 steps) finishes sooner without
+compiling, and a longer one sooner with it. On a machine whose caches already hold the kernels (a
+rerun of the same model and shapes) the compiled first step took 1.9 s, and compiling pays at
+once; the rule cannot know that beforehand and goes by the first run. --compile / --no-compile decide instead.
+
 Compile cost: the first step includes compiling (and the graph capture); `first_step_line` turns
 the step times into the line the recipes print. Inductor's FX graph cache and AOTAutograd cache
 are on by default in torch 2.11-2.13 and live in `compile_cache_dir()` (TORCHINDUCTOR_CACHE_DIR
@@ -40,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +66,13 @@ from minift import fused_projections
 logger = logging.getLogger(__name__)
 
 ADAPTER_MATH = ("bf16", "fp32")
+COMPILE_MIN_STEPS = 1000  # a run this long or longer compiles its layers (Note: when compiling pays)
 
-# The recipes' three switches, as argparse arguments (the scripts add them: `for flag, kw in FLAGS:
+# The recipes' switches, as argparse arguments (the scripts add them: `for flag, kw in FLAGS:
 # ap.add_argument(flag, **kw)`, then `settings(args)`); one definition, so every recipe says the same.
 FLAGS = (
+    ("--compile", dict(action="store_true", help=f"compile the decoder layers even for a run under "
+                                                 f"{COMPILE_MIN_STEPS:,} steps (fast path, CUDA)")),
     ("--no-compile", dict(action="store_true", help="do not compile the decoder layers (fast path, CUDA)")),
     ("--no-cuda-graph", dict(action="store_true", help="do not replay the step as a CUDA graph (fast path, CUDA)")),
     ("--adapter-math", dict(choices=ADAPTER_MATH, default="bf16",
@@ -70,8 +89,12 @@ def describe(lines, compile_line: str | None = None) -> str:
 
 
 def settings(args) -> dict:
-    """The FLAGS' values from parsed arguments, as decide()'s (and FinetuneConfig's) keyword arguments."""
-    out = dict(compile=not args.no_compile, cuda_graph=not args.no_cuda_graph)
+    """The FLAGS' values from parsed arguments, as decide()'s (and FinetuneConfig's) keyword arguments.
+    compile: True (--compile), False (--no-compile) or None (by the run's length)."""
+    if args.compile and args.no_compile:
+        raise SystemExit("--compile and --no-compile: give one of them")
+    out = dict(compile=True if args.compile else False if args.no_compile else None,
+               cuda_graph=not args.no_cuda_graph)
     if hasattr(args, "adapter_math"):  # a recipe without adapters (train_tiny.py) has no ADAPTER_FLAGS
         out["adapter_math"] = args.adapter_math
         out["fused_projections"] = not args.no_fused_projections
@@ -98,16 +121,20 @@ class FastPath:
 
 
 def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_shape: bool, grad_accum: int = 1,
-           num_rows: int | None = None, batch_size: int | None = None, compile: bool = True,
-           cuda_graph: bool = True, adapter_math: str = "bf16", fused_projections: bool = True) -> FastPath:
+           num_rows: int | None = None, batch_size: int | None = None, steps: int | None = None,
+           epochs: float | None = None, compile: bool | None = None, cuda_graph: bool = True,
+           adapter_math: str = "bf16", fused_projections: bool = True) -> FastPath:
     """The fast-path settings for one run, and a line saying what was picked and why.
 
     device, dtype: where the model trains and the dtype its base computes in.
     method: "lora" / "qlora" (adapters) or anything else (every weight trained: no adapter math).
     one_shape: every training batch has the same (rows, columns) (packed data does), apart from a
       last short batch, which drop_last removes (needs num_rows and batch_size to say so).
-    compile, cuda_graph, adapter_math, fused_projections: the user's flags; False / "fp32" turn a
-      feature off."""
+    steps, or epochs (with num_rows and batch_size): the run's length, for compile=None; neither
+      given: a run of unknown length, compiled.
+    compile: True / False: the user's choice (--compile / --no-compile); None: compile a run of
+      COMPILE_MIN_STEPS steps or more (the module's Note).
+    cuda_graph, adapter_math, fused_projections: the user's flags; False / "fp32" turn a feature off."""
     device = torch.device(device)
     if adapter_math not in ADAPTER_MATH:
         raise ValueError(f"adapter_math must be one of {ADAPTER_MATH}, got {adapter_math!r}")
@@ -145,7 +172,8 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
                          "share one dropout mask; --no-fused-projections to turn off)")
 
     # -- compiled layers
-    if not compile:
+    run_steps = steps if steps is not None else _steps_of(epochs, num_rows, batch_size, grad_accum)
+    if compile is False:
         use_compile = False
         lines.append("compiled layers: off (--no-compile)")
     elif not cuda:
@@ -155,9 +183,15 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
     elif not _triton_importable():
         use_compile = False
         lines.append("compiled layers: off (torch.compile on CUDA needs triton, which does not import here)")
+    elif compile is None and run_steps is not None and run_steps < COMPILE_MIN_STEPS:
+        use_compile = False
+        lines.append(f"compiled layers: off for a run of {run_steps:,} steps (the first compile pays back "
+                     f"after about {COMPILE_MIN_STEPS:,}; minift/fast_path.py; --compile to compile anyway)")
     else:
         use_compile = True
-        lines.append(f"compiled layers: on (first compile timed below; cached in {compile_cache_dir()}; "
+        why = ("--compile" if compile else f"{run_steps:,} steps" if run_steps is not None
+               else "a run of unknown length")
+        lines.append(f"compiled layers: on ({why}; first compile timed below; cached in {compile_cache_dir()}; "
                      f"--no-compile to turn off)")
 
     # -- CUDA graph
@@ -185,6 +219,13 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
     lines.append("loss: fused chunked linear + cross-entropy (the full logits are never materialised)")
     return FastPath(adapter_compute_dtype=adapter_dtype, compile=use_compile, cuda_graph=use_graph,
                     drop_last=drop_last, fused_projections=use_fused, fused_loss=True, lines=tuple(lines))
+
+
+def _steps_of(epochs, num_rows, batch_size, grad_accum) -> int | None:
+    """Optimizer steps in `epochs` passes over num_rows rows (None when any is unknown)."""
+    if epochs is None or not num_rows or not batch_size:
+        return None
+    return max(1, math.ceil(epochs * math.ceil(num_rows / batch_size) / grad_accum))
 
 
 def train_with(plan: FastPath, model: nn.Module, train_batches, val_batches, cfg, **train_kwargs):

@@ -67,7 +67,7 @@ class FinetuneConfig:
     progress: bool = True
     sample_max_tokens: int = 160
     # The fast path (minift/fast_path.py decides what applies on this device and says why):
-    compile: bool = True               # compiled decoder layers (CUDA)
+    compile: bool | None = None        # compiled decoder layers (CUDA); None: for runs of 1,000+ steps
     cuda_graph: bool = True            # forward + backward as one CUDA graph (CUDA, one batch shape, grad_accum 1)
     adapter_math: str = "bf16"         # "bf16": LoRA matmuls in bf16 over a bf16 base; "fp32": peft's plain math
     fused_projections: bool = True     # q/k/v and gate/up as one matmul each (LoRA on CUDA)
@@ -148,6 +148,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
                              f"truncation); raise seq_len")
     plan = fast_path.decide(device, dtype, method=cfg.method, one_shape=len({len(r) for r in data.train}) == 1,
                             grad_accum=cfg.grad_accum, num_rows=len(data.train), batch_size=cfg.batch_size,
+                            steps=cfg.steps or None, epochs=None if cfg.steps else (cfg.epochs or 1.0),
                             compile=cfg.compile, cuda_graph=cfg.cuda_graph, adapter_math=cfg.adapter_math,
                             fused_projections=cfg.fused_projections)
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id,

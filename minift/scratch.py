@@ -64,7 +64,7 @@ class ScratchConfig:
     # ModelConfig fields to change after the preset, e.g. {"hidden_size": 64, "num_hidden_layers": 2}
     # (tests and quick experiments use a smaller model than tiny-10m; vocab_size is set above).
     model_overrides: dict = field(default_factory=dict)
-    compile: bool = True           # the fast path (minift/fast_path.py): compiled layers on CUDA
+    compile: bool | None = None    # the fast path (minift/fast_path.py): compiled layers on CUDA (None: 1,000+ steps)
     cuda_graph: bool = True        # and the CUDA graph (text rows all have seq_len tokens)
 
 
@@ -219,7 +219,7 @@ def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     model_cfg = model_config(cfg, tok)
     data = pretrain_rows(docs, tok, cfg.seq_len, val_fraction=cfg.val_fraction, seed=cfg.seed, rows=cfg.rows)
     plan = fast_path.decide(device, torch.float32, method="scratch", one_shape=len({len(r) for r in data.train}) == 1,
-                            num_rows=len(data.train), batch_size=cfg.batch_size, compile=cfg.compile,
+                            num_rows=len(data.train), batch_size=cfg.batch_size, steps=cfg.steps, compile=cfg.compile,
                             cuda_graph=cfg.cuda_graph)
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                          drop_last=plan.drop_last)

@@ -24,8 +24,14 @@ Compile caches: each side starts with empty ones (TORCHINDUCTOR_CACHE_DIR and TR
 under --work, emptied first), as a user's first run on a machine does. minift then runs a second
 time on its filled caches ("minift_warm"), as every later run of the recipe on that machine does;
 the ratio against HF is reported both ways (speed_ratio: first run; speed_ratio_warm: second).
+The recipe compiles its layers only for a run of 1,000+ steps (minift/fast_path.py, Note: when
+compiling pays); a third minift run makes the other choice (--compile under 1,000 steps, else
+--no-compile; empty caches of its own) and says what that choice would have given at this length
+(speed_ratio_compile or speed_ratio_no_compile). Each minift run records what torch.compile did
+(compile_stats: graphs built, recompiles, seconds per phase above 0.1 s; the full table and every
+recompile's reason are in its log).
 Writes bench_recipe.json and each run's log (bench_recipe_minift.log, bench_recipe_minift_warm.log,
-bench_recipe_hf.log) under --out (the checkpoint and the runs under --work); exits non-zero if a
+bench_recipe_minift_compile.log or _no_compile.log, bench_recipe_hf.log) under --out (the checkpoint and the runs under --work); exits non-zero if a
 side fails.
 """
 import argparse
@@ -82,12 +88,24 @@ def run_minift(a) -> dict:
     cfg = FinetuneConfig(model=a.model_dir, data=a.data, out_dir=out_dir, method="lora",
                          steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, eval_batches=2,
                          sample_max_tokens=8, story_eval=0, device=a.device, progress=False,
-                         fused_projections=not a.no_fused_projections)
+                         fused_projections=not a.no_fused_projections,
+                         compile=True if a.compile else False if a.no_compile else None)
     rep = finetune(cfg, model_dir=a.model_dir)
-    return dict(side="minift (scripts/lora_qwen.py's finetune)", tok_per_s=rep.tokens_per_s,
-                train_time_s=rep.train_time_s, tokens=round(rep.tokens_per_s * rep.train_time_s),
+    flag = " --compile" * a.compile + " --no-compile" * a.no_compile
+    return dict(side="minift (scripts/lora_qwen.py's finetune)" + (f",{flag}" if flag else ""),
+                tok_per_s=rep.tokens_per_s, train_time_s=rep.train_time_s, tokens=round(rep.tokens_per_s * rep.train_time_s),
                 peak_bytes=rep.measured_peak_bytes, fast_path=rep.fast_path, compile_line=rep.compile_line,
-                loss_before=rep.eval_before["loss"], loss_after=rep.eval_after["loss"])
+                loss_before=rep.eval_before["loss"], loss_after=rep.eval_after["loss"], compile_stats=compile_stats())
+
+
+def compile_stats() -> dict:
+    """What torch.compile did in this process: how many graphs it built and its seconds per phase
+    (dynamo's own counters; the first step's one-time cost is mostly these)."""
+    from torch._dynamo.utils import compile_times, counters
+    print(compile_times(repr="str", aggregate=True), file=sys.stderr, flush=True)  # the full table, in the log
+    headers, values = compile_times(repr="csv", aggregate=True)
+    return dict(unique_graphs=counters["stats"]["unique_graphs"], recompiles=sum(counters["recompiles"].values()),
+                seconds={name: float(value) for name, value in zip(headers, values) if float(value) >= 0.1})
 
 
 def run_hf(a) -> dict:
@@ -161,6 +179,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--preset", default="qwen2.5-0.5b", help="the architecture of the random base")
     ap.add_argument("--no-fused-projections", action="store_true", help="minift's side: the recipe's flag of that name")
+    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)     # the third minift run's child
+    ap.add_argument("--no-compile", action="store_true", help=argparse.SUPPRESS)  # (the other compile choice)
     ap.add_argument("--side", choices=["minift", "hf"], help=argparse.SUPPRESS)  # a child process's one side
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -179,14 +199,20 @@ def main():
     caches = os.path.join(a.work, "compile-caches")
     shutil.rmtree(caches, ignore_errors=True)
     sides = {}
-    for run, side in (("minift", "minift"), ("minift_warm", "minift"), ("hf", "hf")):
-        # minift's two runs share one pair of cache folders (the second finds the first's kernels);
-        # HF's Liger kernels compile into a pair of their own
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(caches, side, "inductor"),
-                   TRITON_CACHE_DIR=os.path.join(caches, side, "triton"))
+    from minift.fast_path import COMPILE_MIN_STEPS
+    other = "--no-compile" if a.steps >= COMPILE_MIN_STEPS else "--compile"  # not the recipe's own choice
+    other_run = "minift_" + other[2:].replace("-", "_")
+    runs = (("minift", "minift", "minift", []), ("minift_warm", "minift", "minift", []),
+            (other_run, "minift", other_run, [other]), ("hf", "hf", "hf", []))
+    for run, side, cache, extra in runs:
+        # minift's two runs with the recipe's defaults share one pair of cache folders (the second
+        # finds the first's kernels); the other compile choice and HF's Liger kernels build into
+        # pairs of their own
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(caches, cache, "inductor"),
+                   TRITON_CACHE_DIR=os.path.join(caches, cache, "triton"), TORCH_LOGS="recompiles,graph_breaks")
         log_path = os.path.join(a.out, f"bench_recipe_{run}.log")  # progress and errors, kept if killed
         with open(log_path, "w") as log:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, *common],
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, *common, *extra],
                                   stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -202,10 +228,12 @@ def main():
     if all("error" not in s for s in sides.values()):
         result["speed_ratio"] = sides["minift"]["tok_per_s"] / sides["hf"]["tok_per_s"]
         result["speed_ratio_warm"] = sides["minift_warm"]["tok_per_s"] / sides["hf"]["tok_per_s"]
+        result["speed_ratio" + other_run[len("minift"):]] = sides[other_run]["tok_per_s"] / sides["hf"]["tok_per_s"]
         print(f"whole training phase, compile included: minift {sides['minift']['tok_per_s']:,.0f} tok/s "
               f"(first run; {sides['minift_warm']['tok_per_s']:,.0f} on warm caches), {sides['hf']['side']} "
               f"{sides['hf']['tok_per_s']:,.0f} tok/s: {result['speed_ratio']:.2f}x "
-              f"({result['speed_ratio_warm']:.2f}x warm)")
+              f"({result['speed_ratio_warm']:.2f}x warm; "
+              f"{result['speed_ratio' + other_run[len('minift'):]]:.2f}x with {other})")
     with open(os.path.join(a.out, "bench_recipe.json"), "w") as f:
         json.dump(result, f, indent=2, ensure_ascii=False)
     failed = [side for side, s in sides.items() if "error" in s]

@@ -58,7 +58,7 @@ def main():
             cmd += ["--seq-len", str(a.seq_len)]
         if a.model:
             cmd += ["--model", a.model]
-        cmd += (["--no-compile"] * a.no_compile + ["--no-cuda-graph"] * a.no_cuda_graph
+        cmd += (["--compile"] * a.compile + ["--no-compile"] * a.no_compile + ["--no-cuda-graph"] * a.no_cuda_graph
                 + ["--adapter-math", a.adapter_math] + ["--no-fused-projections"] * a.no_fused_projections)
         print(f"== {method}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=child_env(len(rows)))

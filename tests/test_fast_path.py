@@ -39,6 +39,21 @@ TABLE = [
      BF16, True, False, False, "CUDA graph: off (--no-cuda-graph)"),
     ("--adapter-math fp32", dict(CUDA, method="qlora", one_shape=True, adapter_math="fp32"),
      None, True, True, False, "adapter math: fp32 (--adapter-math fp32)"),
+    # the run's length (fast_path's Note: when compiling pays)
+    ("cuda, a short run: not compiled", dict(CUDA, method="lora", one_shape=True, steps=300),
+     BF16, False, True, False, "compiled layers: off for a run of 300 steps"),
+    ("cuda, one epoch of the capstone's rows", dict(CUDA, method="lora", one_shape=True, num_rows=847, batch_size=4,
+                                                    epochs=1.0),
+     BF16, False, True, True, "compiled layers: off for a run of 212 steps"),
+    ("cuda, 1,000 steps: compiled", dict(CUDA, method="qlora", one_shape=True, steps=1000),
+     BF16, True, True, False, "compiled layers: on (1,000 steps;"),
+    ("cuda, epochs over accumulation: 1,060 steps", dict(CUDA, method="full", one_shape=True, num_rows=847,
+                                                         batch_size=4, epochs=10.0, grad_accum=2),
+     None, True, False, False, "compiled layers: on (1,060 steps;"),
+    ("--compile on a short run", dict(CUDA, method="lora", one_shape=True, steps=300, compile=True),
+     BF16, True, True, False, "compiled layers: on (--compile;"),
+    ("--no-compile on a long run", dict(CUDA, method="lora", one_shape=True, steps=5000, compile=False),
+     BF16, False, True, False, "compiled layers: off (--no-compile)"),
 ]
 
 
@@ -92,8 +107,11 @@ def test_flags_parse_into_decide_arguments():
     ap = argparse.ArgumentParser()
     for flag, kw in fast_path.FLAGS:
         ap.add_argument(flag, **kw)
-    assert fast_path.settings(ap.parse_args([])) == dict(compile=True, cuda_graph=True, adapter_math="bf16",
+    assert fast_path.settings(ap.parse_args([])) == dict(compile=None, cuda_graph=True, adapter_math="bf16",
                                                          fused_projections=True)
+    assert fast_path.settings(ap.parse_args(["--compile"]))["compile"] is True
+    with pytest.raises(SystemExit, match="--compile and --no-compile"):
+        fast_path.settings(ap.parse_args(["--compile", "--no-compile"]))
     off = fast_path.settings(ap.parse_args(["--no-compile", "--no-cuda-graph", "--adapter-math", "fp32",
                                             "--no-fused-projections"]))
     assert off == dict(compile=False, cuda_graph=False, adapter_math="fp32", fused_projections=False)
@@ -120,3 +138,21 @@ def test_compiled_layers_are_put_back_after_training():
     with fast_path.compiled_layers(model, True):
         assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
+
+
+def test_evaluation_inside_compiled_layers_builds_no_graph():
+    """The train loop evaluates inside compiled_layers; a no-grad graph would be a compile of its
+    own for a few batches (minift.train.evaluate runs the layers' eager code)."""
+    from minift.config import ModelConfig
+    from minift.model import Transformer
+    from minift.train import evaluate
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = Transformer(cfg)
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    eager = evaluate(model, [dict(input_ids=ids, targets=ids)])
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with fast_path.compiled_layers(model, True):
+        inside = evaluate(model, [dict(input_ids=ids, targets=ids)])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_before
+    assert inside == eager
