@@ -273,19 +273,63 @@ def qlora_operator(gpu, old7, profile):
             f"the NF4 dequantize {dequant} ms, attention {kinds['attention']} ms"]
 
 
-def recipe(rec, before):
-    m, warm, hf = rec["minift"], rec["minift_warm"], rec["hf"]
+def first_and_steady(side) -> tuple[str, str]:
+    """The first step's and the steady step's seconds, as a recipe's compile line prints them."""
+    return re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", side["compile_line"]).groups()
 
-    def first_and_steady(side):
-        return re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", side["compile_line"]).groups()
+
+def payback_steps(first_compiled, steady_compiled, first_eager, steady_eager, digits) -> str:
+    """Steps after which compiling's one-time cost is paid back by its faster steps, rounded."""
+    steps = (float(first_compiled) - float(first_eager)) / (float(steady_eager) - float(steady_compiled))
+    return f"{round(steps, digits):,.0f}"
+
+
+def recipe(rec, before, compile_default):
+    m, warm, hf, compiled = rec["minift"], rec["minift_warm"], rec["hf"], rec["minift_compile"]
     first, steady = first_and_steady(m)
+    c_first, c_steady = first_and_steady(compiled)
     return [f"**{tps(m['tok_per_s'])} tok/s** over the whole phase, HF {tps(hf['tok_per_s'])} tok/s: "
             f"**{times(rec['speed_ratio'])}**", f"The first step took {first} s", f"(steady step {steady} s)",
             f"{rec['steps']} steps of {rec['batch_size']} x {rec['seq_len']}",
             f"first step {first_and_steady(warm)[0]} s, **{tps(warm['tok_per_s'])} tok/s**, "
             f"**{times(rec['speed_ratio_warm'])}**",
-            f"the steady step was {first_and_steady(before['minift'])[1]} s",
-            f"{times(before['speed_ratio'])})"]
+            f"`--compile`: first step {c_first} s, steady step {c_steady} s, {tps(compiled['tok_per_s'])} tok/s, "
+            f"{times(rec['speed_ratio_compile'])}; its compile pays back after about "
+            f"{payback_steps(c_first, c_steady, first, steady, -2)} steps",
+            f"{tps(compile_default['minift']['tok_per_s'])} tok/s against {tps(compile_default['hf']['tok_per_s'])}, "
+            f"{times(compile_default['speed_ratio'])}, and {times(compile_default['speed_ratio_no_compile'])} with "
+            f"`--no-compile`",
+            f"the compiled steady step was {first_and_steady(before['minift'])[1]} s",
+            f"{times(before['speed_ratio'])})",
+            f"({tps(hf['tok_per_s'])} and {tps(compile_default['hf']['tok_per_s'])} tok/s)"]
+
+
+def log_seconds(log: str, start: str, end: str) -> str:
+    """Seconds between the first log line holding `start` and the next holding `end`, one decimal."""
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(" + re.escape(start) + "|" + re.escape(end) + ")",
+                        log, flags=re.M)
+    t0 = next(t for t, what in stamps if what == start)
+    t1 = next(t for t, what in stamps if what == end and t > t0)
+    seconds = (datetime.datetime.strptime(t1, "%Y-%m-%d %H:%M:%S,%f")
+               - datetime.datetime.strptime(t0, "%Y-%m-%d %H:%M:%S,%f")).total_seconds()
+    return f"{seconds:.1f}"
+
+
+def when_compiling_pays(q7_graph, q7_compiled, l05_graph, l05_compiled, log_compiled_eval, log_eager_eval,
+                        compile_default, first_layer_eager):
+    def row(d):
+        return d["results"][0]["minift"]
+    g7, c7, g05, c05 = row(q7_graph), row(q7_compiled), row(l05_graph), row(l05_compiled)
+    before, after = first_and_steady(compile_default["minift"]), first_and_steady(first_layer_eager["minift_compile"])
+    return [f"7B QLoRA {g7['step_s']:.3f} s eager with the graph against {c7['step_s']:.3f} s compiled, first step "
+            f"{g7['first_step_s']:.1f} s against {c7['first_step_s']:.1f} s, so compiling pays back after about "
+            f"{payback_steps(c7['first_step_s'], c7['step_s'], g7['first_step_s'], g7['step_s'], -1)} steps",
+            f"0.5B LoRA {g05['step_s']:.4f} s against {c05['step_s']:.4f} s, first step {g05['first_step_s']:.1f} s "
+            f"against {c05['first_step_s']:.1f} s: about "
+            f"{payback_steps(c05['first_step_s'], c05['step_s'], g05['first_step_s'], g05['step_s'], -1)} steps",
+            f"{log_seconds(log_compiled_eval, 'step 300/300', 'eval loss')} s for two batches",
+            f"({log_seconds(log_eager_eval, 'step 300/300', 'eval loss')} s)",
+            f"first step went from {before[0]} to {after[0]} s", f"steady step from {before[1]} to {after[1]} s"]
 
 
 def anchor_variance(gpu, earlier):
@@ -747,8 +791,14 @@ CHECKS = [   # in the order of the docs
          tuple(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_{f}.txt"
                for f in ("docs3_unfused", "dropout0.05_unfused", "docs3_dropout0.05_unfused", "docs3_dropout0.05")),
          capstone_step),
-    Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json", H200 + "bench_recipe_before_optimizer_fix.json"),
-         recipe),
+    Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json", H200 + "bench_recipe_before_optimizer_fix.json",
+                                           H200 + "bench_recipe_compile_default.json"), recipe),
+    Text("when compiling pays", "docs/speed.md",
+         tuple(H200 + f for f in ("bench_7b_qlora_fast-graph_bf16.json", "bench_7b_qlora_fast-compile-graph_bf16.json",
+                                  "bench_0.5b_lora_fast-graph_bf16.json", "bench_0.5b_lora_fast-compile-graph_bf16.json",
+                                  "bench_recipe_compile_default_minift.log", "bench_recipe_minift_compile.log",
+                                  "bench_recipe_compile_default.json", "bench_recipe_first_layer_eager.json")),
+         when_compiling_pays),
     Text("fused experiment", "docs/speed.md", (H200 + "profile_0.5b_lora_fast-compile-graph_bf16_before_fusion.txt",
                                                H200 + "experiment_fused_lora_profile_0.5b_lora_fast-compile-graph_bf16.txt"),
          fused_experiment),
