@@ -165,6 +165,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
                                     save="model" if cfg.method == "full" else "adapter",
                                     lora_compute_dtype=_dtype_name(plan.adapter_compute_dtype)
                                     if plan.adapter_compute_dtype is not None else None,
+                                    lora_dropout=cfg.dropout if cfg.method in ("lora", "qlora") else 0.0,
+                                    fused_projections=plan.fused_projections, segment_mask=train_rows.packed,
                                     world_size=distributed.world_size(),   # under torchrun: one GPU's share
                                     strategy=None if distributed.world_size() == 1
                                     else ("fsdp" if cfg.method == "full" else "ddp"))

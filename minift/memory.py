@@ -149,7 +149,7 @@ def _norm(saved, prefix, in_name, n, h, s, x_grad, w_grad, triton):
 
 
 def _linear(saved, name, in_name, in_bytes_per_elem, n, d_in, d_out, s, *, x_grad, base_trains,
-            adapted, a, r, qlora):
+            adapted, a, r, qlora, dropout=None):
     """A projection y = x W^T (+ b), optionally with LoRA.
     Base nn.Linear: autograd saves its input x only if W trains (dW = grad^T x); it saves W (a
     parameter: no new memory) if x needs a gradient. A frozen base therefore saves nothing.
@@ -158,18 +158,32 @@ def _linear(saved, name, in_name, in_bytes_per_elem, n, d_in, d_out, s, *, x_gra
     LoRA (minift/lora.py): base(x) + lora_B(lora_A(x.to(a))) * scaling, cast back.
     lora_A saves its input: x cast to the adapter dtype -- a new (a*n*d_in) copy unless the dtypes
     already agree -- one per adapted projection (q, k and v each keep their own copy of the same x);
-    lora_B saves lora_A's output (a*n*r). Returns whether y needs a gradient."""
+    lora_B saves lora_A's output (a*n*r). Returns whether y needs a gradient.
+    dropout: None (no adapter dropout, or the CPU/MPS path, which recomputes it in backward:
+    minift/lora.py, Note: dropout without a copy), or the name its dropped input is saved under:
+    lora_A then saves dropout(x), a new (a*n*d_in) storage, instead of x, and when x needs a
+    gradient CUDA's dropout keeps its mask (1 byte per element, bool) for d x. Fused projections
+    (minift/fused_projections.py) drop a group's shared input once: q/k/v (and gate/up) pass the
+    same name and are counted once."""
     if base_trains:
         saved[in_name] = in_bytes_per_elem * n * d_in
     if adapted:
-        key = in_name if a == s else f"{name}.lora_x"
-        saved[key] = a * n * d_in
+        if dropout is not None:
+            saved[f"{dropout}.dropped"] = a * n * d_in
+            if x_grad:
+                saved[f"{dropout}.dropout_mask"] = n * d_in
+        else:
+            key = in_name if a == s else f"{name}.lora_x"
+            saved[key] = a * n * d_in
         saved[f"{name}.lora_A_out"] = a * n * r
     return x_grad or base_trains or adapted
 
 
 def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, triton=False,
-           math_attention=False) -> _Layer:
+           math_attention=False, dropped=False, fused=False, segment_mask=False) -> _Layer:
+    """dropped: the adapters' dropout keeps a dropped copy of their input (CUDA with dropout > 0;
+    see _linear); fused: q/k/v and gate/up share one (minift/fused_projections.py);
+    segment_mask: packed rows attend through a boolean mask (see below)."""
     h, f = cfg.hidden_size, cfg.intermediate_size
     qd, kd = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     trains = method in TRAIN_BASE
@@ -177,13 +191,16 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
     saved: OrderedDict[str, int] = OrderedDict()
     lin = dict(n=n, s=s, base_trains=trains, a=a, r=r, qlora=qlora)
 
+    def drop(name, group):   # the name an adapter's dropped input is saved under (None: no copy)
+        return None if not dropped else (group if fused else name)
+
     # ---- attention half: x + o_proj(attn(rope(q), rope(k), v))
     _norm(saved, "norm1", "input", n, h, s, x_grad, trains, triton)
     y1_grad = x_grad or trains
     g = {}
     for p, d_out in (("q_proj", qd), ("k_proj", kd), ("v_proj", kd)):
         g[p] = _linear(saved, p, "norm1.out", s, d_in=h, d_out=d_out, x_grad=y1_grad,
-                       adapted=p in targets, **lin)
+                       adapted=p in targets, dropout=drop(p, "qkv"), **lin)
     attn_grad = g["q_proj"] or g["k_proj"] or g["v_proj"]
     if attn_grad:
         # RoPE (x*cos + rotate_half(x)*sin) keeps only cos and sin (shared, counted once per model).
@@ -202,17 +219,23 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
             saved["attn.probs"] = s * B * cfg.num_attention_heads * T * T
         else:
             saved["attn.lse"] = 4 * B * cfg.num_attention_heads * T
+        if segment_mask:
+            # Packed rows (segment_ids): SDPA turns the boolean (B, 1, T, T) mask into an additive
+            # bias of the activations' dtype in every layer and keeps it for backward. Measured:
+            # +s*B*T*T per layer on the CPU (tests/test_memory.py) and on the H200 (0.20 GB over
+            # 24 layers at 4 x 1024 in bf16: results/h200/profile_*_docs3_*.txt against the plain).
+            saved["attn.mask_bias"] = s * B * T * T
     o_grad = _linear(saved, "o_proj", "attn.out", s, d_in=qd, d_out=h, x_grad=attn_grad,
-                     adapted="o_proj" in targets, **lin)
+                     adapted="o_proj" in targets, dropout=drop("o_proj", "o_proj"), **lin)
     mid_grad = x_grad or o_grad            # x_mid = x + o_proj(...): the add saves nothing
 
     # ---- MLP half: x_mid + down(silu(gate(y2)) * up(y2))
     _norm(saved, "norm2", "x_mid", n, h, s, mid_grad, trains, triton)
     y2_grad = mid_grad or trains
     gate_grad = _linear(saved, "gate_proj", "norm2.out", s, d_in=h, d_out=f, x_grad=y2_grad,
-                        adapted="gate_proj" in targets, **lin)
+                        adapted="gate_proj" in targets, dropout=drop("gate_proj", "gate_up"), **lin)
     up_grad = _linear(saved, "up_proj", "norm2.out", s, d_in=h, d_out=f, x_grad=y2_grad,
-                      adapted="up_proj" in targets, **lin)
+                      adapted="up_proj" in targets, dropout=drop("up_proj", "gate_up"), **lin)
     # silu(g) * u. Triton (SwiGLUFunction): keeps g and u, recomputes silu in backward.
     # Reference: silu keeps g and the product keeps u (for d silu(g)) if g needs a gradient;
     # the product keeps silu(g) (for d u) if u needs one. The product p is a new storage.
@@ -228,13 +251,14 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
             saved["mlp.silu"] = s * n * f
     p_grad = gate_grad or up_grad
     down_grad = _linear(saved, "down_proj", "mlp.p", s, d_in=f, d_out=h, x_grad=p_grad,
-                        adapted="down_proj" in targets, **lin)
+                        adapted="down_proj" in targets, dropout=drop("down_proj", "down_proj"), **lin)
     out_grad = mid_grad or down_grad
 
     # ---- the largest backward temporary of this layer (the MLP's, f ~ 5.4 h dominates).
     # Times are moments of the backward walk; `F` = n*f elements, `H` = n*h elements.
     F = n * f
-    S_down = saved.get("down_proj.lora_x", 0) + saved.get("mlp.p", 0)
+    down_lora = ("down_proj.lora_x", "down_proj.dropped", "down_proj.dropout_mask")   # what down's LoRA saves
+    S_down = sum(saved.get(k, 0) for k in down_lora) + saved.get("mlp.p", 0)
     S_mul = saved.get("mlp.up", 0) + saved.get("mlp.silu", 0)
     moments = {}
     if "down_proj" in targets and a != s:
@@ -262,7 +286,7 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
     fwd_extra, fwd_at = 0, 0
     if "up_proj" in targets:
         fwd_at = _sum(saved) - sum(saved.get(k, 0) for k in
-                                   ("mlp.silu", "mlp.up", "mlp.p", "down_proj.lora_x", "down_proj.lora_A_out"))
+                                   ("mlp.silu", "mlp.up", "mlp.p", *down_lora, "down_proj.lora_A_out"))
         fwd_extra = s * F + 3 * a * F + (a * F if (cpu and a != s) else 0) \
             + (s * n * h if "x_mid" in saved else 2 * s * n * h)
     if qlora:
@@ -275,7 +299,7 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
         # the Triton dequantize (CUDA) writes the output only; the reference also makes the
         # int64 index, the fp32 lookup and the fp32 product
         dq = (s * k if triton else (8 + s) * k) + s * F
-        at = _sum(saved) - saved.get("down_proj.lora_x", 0) - saved.get("down_proj.lora_A_out", 0)
+        at = _sum(saved) - sum(saved.get(k, 0) for k in (*down_lora, "down_proj.lora_A_out"))
         if dq + at > fwd_extra + fwd_at:
             fwd_at, fwd_extra = at, dq
         extra = max(extra, dq + s * n * h)   # backward: dequantize again beside d p and d x
@@ -498,7 +522,8 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
              blocksize: int = 64, double_quant: bool = True, kv_cache_len: int | None = None,
              device: str = "cuda", kernels: str = "auto", foreach="auto",
              load: str | None = None, checkpoint_dtype: str = "bfloat16", save: str | None = None,
-             process: bool | None = None, world_size: int = 1, strategy: str | None = None
+             process: bool | None = None, world_size: int = 1, strategy: str | None = None,
+             lora_dropout: float = 0.0, fused_projections: bool = False, segment_mask: bool = False
              ) -> MemoryEstimate:
     """Predict the peak allocated bytes of one training step (or one prefill for "inference"),
     or, with `load` (or `save`), of the whole job (see _add_job_phases: Note: the whole job).
@@ -525,7 +550,13 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
       None = on for device "cpu" in a whole-job estimate.
     world_size, strategy: one GPU's peak in a torchrun job of world_size processes, batch per GPU
       (minift/distributed.py): strategy "ddp" (adapters: every GPU holds the whole model) or
-      "fsdp" (full training: parameters, gradients and AdamW states sharded). See `_per_gpu`."""
+      "fsdp" (full training: parameters, gradients and AdamW states sharded). See `_per_gpu`.
+    lora_dropout: the adapters' dropout rate. On CUDA each adapter keeps its dropped input and the
+      dropout's mask (see _linear); on CPU/MPS LoRALinear recomputes the dropout in backward and
+      keeps nothing more. fused_projections: q/k/v and gate/up fused (minift/fused_projections.py,
+      as the recipes do for LoRA on CUDA): one dropped input per group instead of one per adapter.
+    segment_mask: the batches are packed rows with segment_ids (minift.data's SFT rows): attention
+      runs with a mask, whose bias every layer keeps (see _layer)."""
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {', '.join(METHODS)}")
     for label, v in (("batch", batch), ("seq", seq), ("lora_r", lora_r), ("loss_chunk", loss_chunk),
@@ -603,7 +634,8 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     math_attention = device == "cuda" and s == 4 and cfg.num_key_value_heads != cfg.num_attention_heads
     for i in range(L):
         lay = _layer(cfg, n, batch, seq, s, ac, method, targets, lora_r, x_grad, i == 0, cpu, triton,
-                     math_attention)
+                     math_attention, dropped=lora_dropout > 0 and device == "cuda", fused=fused_projections,
+                     segment_mask=segment_mask)
         layers.append(lay)
         x_grad = lay.out_grad
     mid = layers[min(1, L - 1)]

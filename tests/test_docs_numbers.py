@@ -30,6 +30,7 @@ from typing import Callable
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CAPSTONE_JOB = "results/h200/lora_qwen_job_2026-12-01/report.json"
 DOCS = ("docs/memory.md", "docs/speed.md", "docs/cpu.md", "docs/distributed.md")
 MARKER = re.compile(r"<!-- numbers( in the text below)?: (.+?) -->")
 
@@ -146,6 +147,49 @@ class Text:
 
 
 # docs/memory.md
+
+# The capstone's settings (dropout, packed rows) on Qwen2.5-0.5B LoRA r=16, bf16 adapter math:
+# run label -> (batch, seq, dropout, packed, fused). The measured peaks are earlier H200 runs;
+# the predictions are today's memory.estimate, so a change to the math shows here.
+CAPSTONE_SETTINGS = {
+    "benchmark step (profile)": (4, 1024, 0.0, False, True),
+    "dropout (profile, --unfused)": (4, 1024, 0.05, False, False),
+    "packed rows (profile, --unfused)": (4, 1024, 0.0, True, False),
+    "both (profile, --unfused)": (4, 1024, 0.05, True, False),
+    "both (profile)": (4, 1024, 0.05, True, True),
+    "bench_recipe, not compiled": (4, 1024, 0.05, True, True),
+    "bench_recipe, --compile": (4, 1024, 0.05, True, True),
+    "lora_qwen.py's job, its defaults": (4, 960, 0.05, True, True),
+}
+
+
+def capstone_settings_intro(report):
+    return [f"measured {gb(report['measured_peak_bytes'])} GB where its report predicted "
+            f"{gb(report['predicted_peak_bytes'])}", f"its defaults: {report['config']['batch_size']} x "
+                                                      f"{report['config']['seq_len']}"]
+
+
+def capstone_settings(plain, dropout, packed, both, both_fused, recipe, report, _memory_py):
+    from minift import memory
+    from minift.config import ModelConfig
+
+    def profile_peak(text):
+        return float(re.search(r"peak ([\d.]+) GB", text).group(1)) * 1e9
+    measured = {"benchmark step (profile)": profile_peak(plain), "dropout (profile, --unfused)": profile_peak(dropout),
+                "packed rows (profile, --unfused)": profile_peak(packed), "both (profile, --unfused)": profile_peak(both),
+                "both (profile)": profile_peak(both_fused), "bench_recipe, not compiled": recipe["minift"]["peak_bytes"],
+                "bench_recipe, --compile": recipe["minift_compile"]["peak_bytes"],
+                "lora_qwen.py's job, its defaults": report["measured_peak_bytes"]}
+    rows = {}
+    for run, (batch, seq, p, packed_rows, fused) in CAPSTONE_SETTINGS.items():
+        predicted = memory.estimate(ModelConfig.preset("qwen2.5-0.5b"), "lora", batch, seq,
+                                    lora_compute_dtype="bfloat16", lora_dropout=p, fused_projections=fused,
+                                    segment_mask=packed_rows).total
+        rows[(run,)] = {"dropout": f"{p:g}", "packed rows": "yes" if packed_rows else "no",
+                        "fused q/k/v, gate/up": "yes" if fused else "no",
+                        "measured GB": gb(measured[run]), "predicted GB": gb(predicted),
+                        "error": f"{100 * (predicted - measured[run]) / measured[run]:+.1f}%"}
+    return rows
 
 def whole_job_intro(j7):
     qlora7 = pick(j7["from_disk"], model="qwen2.5-7b", method="qlora")
@@ -774,6 +818,11 @@ CHECKS = [   # in the order of the docs
     Table("whole job", "docs/memory.md", (WHOLE_JOB_7B, H200 + "whole_job_72b.json"), 3, whole_job),
     Text("whole job, after", "docs/memory.md", (WHOLE_JOB_7B,), whole_job_after),
     Table("step grid", "docs/memory.md", (GRID, MEMORY_PY), 4, memory_grid),
+    Text("capstone settings intro", "docs/memory.md", (CAPSTONE_JOB,), capstone_settings_intro),
+    Table("capstone settings", "docs/memory.md",
+          (*(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16{v}.txt" for v in
+             ("", "_dropout0.05_unfused", "_docs3_unfused", "_docs3_dropout0.05_unfused", "_docs3_dropout0.05")),
+           H200 + "bench_recipe.json", CAPSTONE_JOB, MEMORY_PY), 1, capstone_settings),
     Text("step grid, after", "docs/memory.md", (GRID,), memory_grid_after),
     Table("quick grid", "docs/memory.md", (QUICK,), 3, memory_quick),
     Text("quick grid, after", "docs/memory.md", (GRID, QUICK), memory_quick_after),

@@ -128,6 +128,40 @@ def est_bytes(dtype):
     return 4 if dtype == "float32" else 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_saved_activations_with_packed_rows(dtype, method):
+    """Packed rows (segment_ids) attend through a mask, whose additive bias each layer keeps:
+    the saved storages against estimate(segment_mask=True), exactly as above, and the bias is
+    what packing adds (B*T*T elements of the activations' dtype per layer)."""
+    from minift import lora
+    cfg = ModelConfig(**TINY)
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(getattr(torch, dtype))
+    if method == "lora":
+        lora.add_lora(model, r=8)
+    B, T = 2, 32
+    ids, tg = torch.randint(0, 1000, (B, T)), torch.randint(0, 1000, (B, T))
+    packed = dict(segment_ids=torch.tensor([[0] * 12 + [1] * 20] * B),
+                  position_ids=torch.tensor([list(range(12)) + list(range(20))] * B))
+    skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+
+    def saved_bytes(**inputs):
+        seen = {}
+
+        def pack(t):
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids, tg, **inputs)
+        return sum(v for k, v in seen.items() if k not in skip)
+    plain, with_mask = saved_bytes(), saved_bytes(**packed)
+    est = memory.estimate(cfg, method, B, T, param_dtype=dtype, lora_r=8, device="cpu", segment_mask=True)
+    est_plain = memory.estimate(cfg, method, B, T, param_dtype=dtype, lora_r=8, device="cpu")
+    assert est.activations - est_plain.activations == cfg.num_hidden_layers * B * T * T * est_bytes(dtype)
+    assert with_mask - plain == est.activations - est_plain.activations
+
+
 # ---------------------------------------------------------------------------- peaks, measured
 # (config, method, dtype, ckpt, batch, seq, loss_chunk): each phase of the estimate is the peak in
 # at least one row (loss chunk, optimizer step, a layer's backward, a checkpointed recompute).

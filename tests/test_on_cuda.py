@@ -122,3 +122,38 @@ def test_storage_tracker_equals_max_memory_allocated(case):
     assert tracked.how == "storage tracker"
     above_cuda, above_tracked = cuda.peak - cuda.baseline, tracked.peak - tracked.baseline
     assert above_tracked <= above_cuda <= 1.02 * above_tracked, (above_cuda, above_tracked)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_lora_dropout_saves_what_the_estimate_says(fused):
+    """CUDA's dropout keeps each adapter's dropped input and its bool mask (fused projections:
+    one per q/k/v and gate/up group); estimate(lora_dropout=..., fused_projections=...) counts
+    them. The storages autograd saves with dropout 0.05, less those without, against the
+    estimate's difference: the same tensors, so exact."""
+    from minift import fused_projections, lora
+    from minift.model import Transformer
+    cfg = ModelConfig(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    B, T = 2, 64
+    ids = torch.randint(0, 1000, (B, T), device="cuda")
+
+    def saved_bytes(dropout):
+        torch.manual_seed(0)
+        model = Transformer(cfg).to("cuda", torch.bfloat16)
+        lora.add_lora(model, r=8, dropout=dropout, compute_dtype=torch.bfloat16)
+        if fused:
+            assert fused_projections.fuse(model)
+        skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+        seen = {}
+
+        def pack(t):
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids, ids.roll(-1, dims=1))
+        return sum(v for k, v in seen.items() if k not in skip)
+
+    def predicted(dropout):
+        return memory.estimate(cfg, "lora", B, T, lora_r=8, lora_compute_dtype="bfloat16", lora_dropout=dropout,
+                               fused_projections=fused).activations
+    assert saved_bytes(0.05) - saved_bytes(0.0) == predicted(0.05) - predicted(0.0)
