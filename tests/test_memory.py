@@ -128,6 +128,49 @@ def est_bytes(dtype):
     return 4 if dtype == "float32" else 2
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_lora_dropout_saves_what_the_estimate_says_cuda_path_on_cpu(fused):
+    """The CUDA path's dropout accounting, run on the CPU: LoRALinear's recompute (CPU only) is
+    switched off, so each adapter (or fused group) keeps its dropped input, as on CUDA. One
+    difference remains: where CUDA's dropout keeps a bool mask (1 byte per element) for the
+    input's gradient, the CPU's keeps its scaled noise in the input's dtype (2 bytes in bf16), so
+    the CPU saves one more byte per mask element. tests/test_on_cuda.py checks the CUDA bytes."""
+    from unittest import mock
+
+    from minift import fused_projections, lora
+    cfg = ModelConfig(**TINY)
+    B, T = 2, 32
+    n, h, f = B * T, cfg.hidden_size, cfg.intermediate_size
+    ids = torch.randint(0, 1000, (B, T), generator=torch.Generator().manual_seed(0))
+
+    def saved_bytes(dropout):
+        torch.manual_seed(0)
+        model = Transformer(cfg).to(torch.bfloat16)
+        lora.add_lora(model, r=8, dropout=dropout, compute_dtype=torch.bfloat16)
+        if fused:
+            assert fused_projections.fuse(model)
+        skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+        seen = {}
+
+        def pack(t):
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            return t
+        with mock.patch("minift.lora.checkpoint", lambda fn, x, use_reentrant: fn(x)), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids, ids.roll(-1, dims=1))
+        return sum(v for k, v in seen.items() if k not in skip)
+
+    def predicted(dropout):
+        return memory.estimate(cfg, "lora", B, T, lora_r=8, lora_compute_dtype="bfloat16", lora_dropout=dropout,
+                               fused_projections=fused).activations
+    # mask elements: one per dropped input whose input needs a gradient; the first layer's q/k/v
+    # input (the frozen embedding, normed) needs none
+    qkv, gate_up = (1, 1) if fused else (3, 2)                     # dropped inputs per group
+    per_layer = qkv * n * h + n * h + gate_up * n * h + n * f      # q/k/v, o, gate/up, down
+    masks = cfg.num_hidden_layers * per_layer - qkv * n * h
+    assert saved_bytes(0.05) - saved_bytes(0.0) == predicted(0.05) - predicted(0.0) + masks
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_saved_activations_with_packed_rows(dtype, method):
