@@ -171,8 +171,32 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
             lines.append("fused projections: on (q/k/v and gate/up as one matmul each; a group's adapters "
                          "share one dropout mask; --no-fused-projections to turn off)")
 
+    # -- CUDA graph (decided first: a dropped short batch shortens the run, which the compile rule reads)
+    graph_lines = []
+    use_graph, drop_last = False, False
+    short = (num_rows % batch_size) if (num_rows is not None and batch_size) else 0
+    if not cuda_graph:
+        graph_lines.append("CUDA graph: off (--no-cuda-graph)")
+    elif not cuda:
+        graph_lines.append(f"CUDA graph: off on {device.type} (CUDA graphs are CUDA's)")
+    elif grad_accum != 1:
+        graph_lines.append(f"CUDA graph: off, because grad_accum={grad_accum}: a replay overwrites the "
+                           f"gradients instead of adding to them (raise --batch-size and drop accumulation "
+                           f"to get it)")
+    elif not one_shape:
+        graph_lines.append("CUDA graph: off (the batches change shape; pack the rows to get it)")
+    elif num_rows is not None and batch_size and num_rows < batch_size:
+        graph_lines.append(f"CUDA graph: off ({num_rows} training rows, fewer than one batch of {batch_size})")
+    else:
+        use_graph = True
+        drop_last = short > 0
+        dropped = (f"; the last short batch ({short} of {num_rows} rows) is dropped each epoch so every "
+                   f"batch has one shape" if drop_last else "")
+        graph_lines.append(f"CUDA graph: on (forward + backward replayed as one launch{dropped}; "
+                           f"--no-cuda-graph to turn off)")
+
     # -- compiled layers
-    run_steps = steps if steps is not None else _steps_of(epochs, num_rows, batch_size, grad_accum)
+    run_steps = steps if steps is not None else _steps_of(epochs, num_rows, batch_size, grad_accum, drop_last)
     if compile is False:
         use_compile = False
         lines.append("compiled layers: off (--no-compile)")
@@ -194,38 +218,19 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
         lines.append(f"compiled layers: on ({why}; first compile timed below; cached in {compile_cache_dir()}; "
                      f"--no-compile to turn off)")
 
-    # -- CUDA graph
-    use_graph, drop_last = False, False
-    short = (num_rows % batch_size) if (num_rows is not None and batch_size) else 0
-    if not cuda_graph:
-        lines.append("CUDA graph: off (--no-cuda-graph)")
-    elif not cuda:
-        lines.append(f"CUDA graph: off on {device.type} (CUDA graphs are CUDA's)")
-    elif grad_accum != 1:
-        lines.append(f"CUDA graph: off, because grad_accum={grad_accum}: a replay overwrites the gradients "
-                     f"instead of adding to them (raise --batch-size and drop accumulation to get it)")
-    elif not one_shape:
-        lines.append("CUDA graph: off (the batches change shape; pack the rows to get it)")
-    elif num_rows is not None and batch_size and num_rows < batch_size:
-        lines.append(f"CUDA graph: off ({num_rows} training rows, fewer than one batch of {batch_size})")
-    else:
-        use_graph = True
-        drop_last = short > 0
-        dropped = (f"; the last short batch ({short} of {num_rows} rows) is dropped each epoch so every "
-                   f"batch has one shape" if drop_last else "")
-        lines.append(f"CUDA graph: on (forward + backward replayed as one launch{dropped}; "
-                     f"--no-cuda-graph to turn off)")
-
+    lines += graph_lines
     lines.append("loss: fused chunked linear + cross-entropy (the full logits are never materialised)")
     return FastPath(adapter_compute_dtype=adapter_dtype, compile=use_compile, cuda_graph=use_graph,
                     drop_last=drop_last, fused_projections=use_fused, fused_loss=True, lines=tuple(lines))
 
 
-def _steps_of(epochs, num_rows, batch_size, grad_accum) -> int | None:
-    """Optimizer steps in `epochs` passes over num_rows rows (None when any is unknown)."""
+def _steps_of(epochs, num_rows, batch_size, grad_accum, drop_last) -> int | None:
+    """Optimizer steps in `epochs` passes over num_rows rows, as minift.train counts them from
+    len(Batches) (None when any is unknown)."""
     if epochs is None or not num_rows or not batch_size:
         return None
-    return max(1, math.ceil(epochs * math.ceil(num_rows / batch_size) / grad_accum))
+    per_epoch = num_rows // batch_size if drop_last else math.ceil(num_rows / batch_size)
+    return max(1, math.ceil(epochs * per_epoch / grad_accum))
 
 
 def train_with(plan: FastPath, model: nn.Module, train_batches, val_batches, cfg, **train_kwargs):

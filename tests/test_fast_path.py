@@ -1,6 +1,7 @@
 """minift.fast_path.decide: what the recipes' fast path picks for each device, batch shape,
 accumulation and flag, and the line it says for each choice. Pure decisions: no GPU needed."""
 import argparse
+import re
 from unittest import mock
 
 import pytest
@@ -44,7 +45,10 @@ TABLE = [
      BF16, False, True, False, "compiled layers: off for a run of 300 steps"),
     ("cuda, one epoch of the capstone's rows", dict(CUDA, method="lora", one_shape=True, num_rows=847, batch_size=4,
                                                     epochs=1.0),
-     BF16, False, True, True, "compiled layers: off for a run of 212 steps"),
+     BF16, False, True, True, "compiled layers: off for a run of 211 steps"),   # the short batch dropped
+    ("cuda, no graph: the short batch counts", dict(CUDA, method="lora", one_shape=True, num_rows=847, batch_size=4,
+                                                    epochs=1.0, cuda_graph=False),
+     BF16, False, False, False, "compiled layers: off for a run of 212 steps"),
     ("cuda, 1,000 steps: compiled", dict(CUDA, method="qlora", one_shape=True, steps=1000),
      BF16, True, True, False, "compiled layers: on (1,000 steps;"),
     ("cuda, epochs over accumulation: 1,060 steps", dict(CUDA, method="full", one_shape=True, num_rows=847,
@@ -156,3 +160,19 @@ def test_evaluation_inside_compiled_layers_builds_no_graph():
         inside = evaluate(model, [dict(input_ids=ids, targets=ids)])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs_before
     assert inside == eager
+
+
+@pytest.mark.parametrize("num_rows,batch_size,grad_accum,epochs,graph", [
+    (847, 4, 1, 1.0, True), (847, 4, 1, 1.0, False), (846, 4, 2, 3.0, False), (20, 4, 1, 2.5, True)])
+def test_run_length_is_what_the_train_loop_runs(num_rows, batch_size, grad_accum, epochs, graph):
+    """The steps the compile rule reads equal the steps minift.train runs over the same Batches."""
+    from minift.data import Batches, Example
+    from minift.train import TrainConfig, _total_steps
+    with mock.patch.object(fast_path, "_triton_importable", return_value=True):
+        plan = fast_path.decide(**CUDA, method="lora", one_shape=True, num_rows=num_rows, batch_size=batch_size,
+                                grad_accum=grad_accum, epochs=epochs, cuda_graph=graph)
+    line = next(line for line in plan.lines if line.startswith("compiled layers"))
+    said = int(re.search(r"run of ([\d,]+) steps", line).group(1).replace(",", ""))
+    rows = [Example(input_ids=[1] * 8, targets=[1] * 8)] * num_rows
+    batches = Batches(rows, batch_size, drop_last=plan.drop_last)
+    assert said == _total_steps(TrainConfig(epochs=epochs, grad_accum=grad_accum), batches)
