@@ -88,13 +88,17 @@ def describe(lines, compile_line: str | None = None) -> str:
     return "fast path:\n" + "\n".join(f"  {line}" for line in [*lines, *([compile_line] if compile_line else [])])
 
 
+def compile_choice(args) -> bool | None:
+    """--compile / --no-compile as decide()'s `compile`: True, False, or None (by the run's length)."""
+    if args.compile and args.no_compile:
+        raise SystemExit("--compile and --no-compile: give one of them")
+    return True if args.compile else False if args.no_compile else None
+
+
 def settings(args) -> dict:
     """The FLAGS' values from parsed arguments, as decide()'s (and FinetuneConfig's) keyword arguments.
     compile: True (--compile), False (--no-compile) or None (by the run's length)."""
-    if args.compile and args.no_compile:
-        raise SystemExit("--compile and --no-compile: give one of them")
-    out = dict(compile=True if args.compile else False if args.no_compile else None,
-               cuda_graph=not args.no_cuda_graph)
+    out = dict(compile=compile_choice(args), cuda_graph=not args.no_cuda_graph)
     if hasattr(args, "adapter_math"):  # a recipe without adapters (train_tiny.py) has no ADAPTER_FLAGS
         out["adapter_math"] = args.adapter_math
         out["fused_projections"] = not args.no_fused_projections

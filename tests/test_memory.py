@@ -103,16 +103,8 @@ def test_saved_activations_equal_autograd(dtype, method, ckpt):
         lora.add_lora(model, r=8)
     model.gradient_checkpointing = ckpt
     B, T = 2, 32
-    seen = {}
-
-    def pack(t):
-        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        return t
-    skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     ids, tg = torch.randint(0, 1000, (B, T)), torch.randint(0, 1000, (B, T))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(ids, tg)
-    real = sum(v for k, v in seen.items() if k not in skip)
+    real = saved_for_backward(model, ids, tg)
     est = memory.estimate(cfg, method, B, T, param_dtype=dtype, grad_ckpt=ckpt, lora_r=8, device="cpu")
     # the fused loss saves d hidden and (full) d lm_head: those are counted in the loss phase
     loss_saved = B * T * cfg.hidden_size * est_bytes(dtype) + (cfg.vocab_size * cfg.hidden_size *
@@ -121,7 +113,31 @@ def test_saved_activations_equal_autograd(dtype, method, ckpt):
     ids_saved = 8 * B * T if method == "full" else 0       # the embedding keeps its indices if it trains
     expect = est.activations - batch + ids_saved + loss_saved
     assert abs(real - expect) <= 8, (real, expect)
-    loss.backward()
+
+
+def saved_for_backward(model, *args, **kwargs) -> int:
+    """Bytes of every storage autograd keeps for backward in model(*args, **kwargs), each storage
+    once, the model's own parameters and buffers left out (saved_tensors_hooks)."""
+    seen = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+    own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*args, **kwargs)
+    return sum(nbytes for ptr, nbytes in seen.items() if ptr not in own)
+
+
+def bf16_lora_model(cfg, dropout: float, fused: bool, device="cpu"):
+    """A bf16 model with LoRA r=8 (bf16 adapter math) and that dropout, q/k/v and gate/up fused or not."""
+    from minift import fused_projections, lora
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(device, torch.bfloat16)
+    lora.add_lora(model, r=8, dropout=dropout, compute_dtype=torch.bfloat16)
+    if fused:
+        assert fused_projections.fuse(model)
+    return model
 
 
 def est_bytes(dtype):
@@ -136,29 +152,14 @@ def test_lora_dropout_saves_what_the_estimate_says_cuda_path_on_cpu(fused):
     input's gradient, the CPU's keeps its scaled noise in the input's dtype (2 bytes in bf16), so
     the CPU saves one more byte per mask element. tests/test_on_cuda.py checks the CUDA bytes."""
     from unittest import mock
-
-    from minift import fused_projections, lora
     cfg = ModelConfig(**TINY)
     B, T = 2, 32
     n, h, f = B * T, cfg.hidden_size, cfg.intermediate_size
     ids = torch.randint(0, 1000, (B, T), generator=torch.Generator().manual_seed(0))
 
     def saved_bytes(dropout):
-        torch.manual_seed(0)
-        model = Transformer(cfg).to(torch.bfloat16)
-        lora.add_lora(model, r=8, dropout=dropout, compute_dtype=torch.bfloat16)
-        if fused:
-            assert fused_projections.fuse(model)
-        skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-        seen = {}
-
-        def pack(t):
-            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            return t
-        with mock.patch("minift.lora.checkpoint", lambda fn, x, use_reentrant: fn(x)), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(ids, ids.roll(-1, dims=1))
-        return sum(v for k, v in seen.items() if k not in skip)
+        with mock.patch("minift.lora.checkpoint", lambda fn, x, use_reentrant: fn(x)):
+            return saved_for_backward(bf16_lora_model(cfg, dropout, fused), ids, ids.roll(-1, dims=1))
 
     def predicted(dropout):
         return memory.estimate(cfg, "lora", B, T, lora_r=8, lora_compute_dtype="bfloat16", lora_dropout=dropout,
@@ -187,18 +188,7 @@ def test_saved_activations_with_packed_rows(dtype, method):
     ids, tg = torch.randint(0, 1000, (B, T)), torch.randint(0, 1000, (B, T))
     packed = dict(segment_ids=torch.tensor([[0] * 12 + [1] * 20] * B),
                   position_ids=torch.tensor([list(range(12)) + list(range(20))] * B))
-    skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-
-    def saved_bytes(**inputs):
-        seen = {}
-
-        def pack(t):
-            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(ids, tg, **inputs)
-        return sum(v for k, v in seen.items() if k not in skip)
-    plain, with_mask = saved_bytes(), saved_bytes(**packed)
+    plain, with_mask = saved_for_backward(model, ids, tg), saved_for_backward(model, ids, tg, **packed)
     est = memory.estimate(cfg, method, B, T, param_dtype=dtype, lora_r=8, device="cpu", segment_mask=True)
     est_plain = memory.estimate(cfg, method, B, T, param_dtype=dtype, lora_r=8, device="cpu")
     assert est.activations - est_plain.activations == cfg.num_hidden_layers * B * T * T * est_bytes(dtype)

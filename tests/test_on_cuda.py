@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from test_capstone import SCRIPT, base_and_pairs  # noqa: F401 - the fixture, reused
-from test_memory import CASES
+from test_memory import CASES, TINY, bf16_lora_model, saved_for_backward
 
 from minift import ModelConfig, measure, memory
 
@@ -130,28 +130,12 @@ def test_lora_dropout_saves_what_the_estimate_says(fused):
     one per q/k/v and gate/up group); estimate(lora_dropout=..., fused_projections=...) counts
     them. The storages autograd saves with dropout 0.05, less those without, against the
     estimate's difference: the same tensors, so exact."""
-    from minift import fused_projections, lora
-    from minift.model import Transformer
-    cfg = ModelConfig(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = ModelConfig(**TINY)
     B, T = 2, 64
     ids = torch.randint(0, 1000, (B, T), device="cuda")
 
     def saved_bytes(dropout):
-        torch.manual_seed(0)
-        model = Transformer(cfg).to("cuda", torch.bfloat16)
-        lora.add_lora(model, r=8, dropout=dropout, compute_dtype=torch.bfloat16)
-        if fused:
-            assert fused_projections.fuse(model)
-        skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-        seen = {}
-
-        def pack(t):
-            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(ids, ids.roll(-1, dims=1))
-        return sum(v for k, v in seen.items() if k not in skip)
+        return saved_for_backward(bf16_lora_model(cfg, dropout, fused, device="cuda"), ids, ids.roll(-1, dims=1))
 
     def predicted(dropout):
         return memory.estimate(cfg, "lora", B, T, lora_r=8, lora_compute_dtype="bfloat16", lora_dropout=dropout,
