@@ -34,11 +34,18 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+# The fairytale data this repository ships (data/), located from the package itself so that a
+# script run from any directory finds it (an editable install; a wheel does not carry data/).
+SHIPPED_DATA = Path(__file__).resolve().parents[1] / "data"
+FAIRYTALE_PAIRS = str(SHIPPED_DATA / "fairytales_pairs.jsonl")
+FAIRYTALE_CORPUS = str(SHIPPED_DATA / "fairytales_corpus.txt")
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")

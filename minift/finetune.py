@@ -21,7 +21,7 @@ import torch
 from minift import distributed, fast_path, lora, memory
 from minift import evaluate as story_eval
 from minift.checkpoint import load_pretrained, resolve_model_dir, save_pretrained
-from minift.data import Batches, encode_chat, load_sft, read_jsonl
+from minift.data import FAIRYTALE_PAIRS, Batches, encode_chat, load_sft, read_jsonl
 from minift.device import pick_device, resolve_dtype
 from minift.generate import generate_batch
 from minift.cpu_memory import release_freed_memory
@@ -41,7 +41,7 @@ CPU_LOSS_CHUNK = 256
 @dataclass
 class FinetuneConfig:
     model: str = "Qwen/Qwen2.5-0.5B-Instruct"
-    data: str = "data/fairytales_pairs.jsonl"
+    data: str = FAIRYTALE_PAIRS
     out_dir: str = "runs/lora-qwen"
     method: str = "lora"
     r: int = 16

@@ -21,7 +21,7 @@ from minift import fast_path
 from minift.checkpoint import save_pretrained
 from minift.config import ModelConfig
 from minift import fairytales
-from minift.data import Batches, Dataset, DatasetStats, document_rows, read_text, text_rows, train_val_split
+from minift.data import FAIRYTALE_CORPUS, Batches, Dataset, DatasetStats, document_rows, read_text, text_rows, train_val_split
 from minift.device import pick_device
 from minift.generate import generate
 from minift.model import Transformer
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ScratchConfig:
-    corpus: str = "data/fairytales_corpus.txt"
+    corpus: str = FAIRYTALE_CORPUS
     out_dir: str = "runs/tiny-10m"
     preset: str = "tiny-10m"
     vocab_size: int = 8192

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from minift import fast_path
+from minift.data import FAIRYTALE_PAIRS
 from minift.evaluate import METRICS
 
 CAPSTONE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lora_qwen.py")
@@ -33,7 +34,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="base model (default: as scripts/lora_qwen.py: Qwen2.5-0.5B-"
                                                  "Instruct if present, else the tiny from-scratch model)")
-    ap.add_argument("--data", default="data/fairytales_pairs.jsonl")
+    ap.add_argument("--data", default=FAIRYTALE_PAIRS)
     ap.add_argument("--pairs", type=int, default=100, help="how many pairs to train on (the chapter: 100)")
     ap.add_argument("--methods", default="full,lora,qlora")
     ap.add_argument("--steps", type=int, default=40)

@@ -2,7 +2,7 @@
 math done for this machine (or the memory you name).
 
     python scripts/decide.py --general no --data "5K-50K pairs" --laptop yes --license-separate yes
-    python scripts/decide.py --general no --dataset data/fairytales.jsonl --laptop yes --license-separate no
+    python scripts/decide.py --general no --dataset data/fairytales_pairs.jsonl --laptop yes --license-separate no
     python scripts/decide.py --general no --data "2B tokens" --laptop no --license-separate no --memory 80GB
 """
 import argparse

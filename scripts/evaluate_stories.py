@@ -15,6 +15,7 @@ import os
 
 from minift import evaluate as ev
 from minift.checkpoint import load_pretrained
+from minift.data import FAIRYTALE_PAIRS
 from minift.device import pick_device
 from minift.lora import load_adapter
 from minift.tokenizer import load_tokenizer
@@ -24,7 +25,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="base model directory (HF layout)")
     ap.add_argument("--adapter", help="a saved LoRA adapter directory to evaluate on top of the base")
-    ap.add_argument("--data", default="data/fairytales_pairs.jsonl")
+    ap.add_argument("--data", default=FAIRYTALE_PAIRS)
     ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--split-seed", type=int, default=0, help="the --seed lora_qwen.py trained with")
     ap.add_argument("--max-examples", type=int, help="as lora_qwen.py --max-examples (the split depends on it)")

@@ -23,7 +23,7 @@ import os
 import sys
 
 from minift import fast_path
-from minift.data import read_jsonl, request_holds
+from minift.data import FAIRYTALE_PAIRS, read_jsonl, request_holds
 from minift.evaluate import HAPPY_END_REQUEST, side_by_side, table
 from minift.finetune import FinetuneConfig, finetune, resolve_base
 from minift.scratch import STORY_BASE, story_base_config, train_from_scratch
@@ -64,7 +64,7 @@ def gib(n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help=f"base model (default {DEFAULT_MODEL})")
-    ap.add_argument("--data", default="data/fairytales_pairs.jsonl")
+    ap.add_argument("--data", default=FAIRYTALE_PAIRS)
     ap.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
     ap.add_argument("--r", type=int)
     ap.add_argument("--alpha", type=float)

@@ -25,6 +25,7 @@ import sys
 import time
 
 from lora_qwen import TINY_DEFAULTS
+from minift.data import FAIRYTALE_PAIRS
 from minift.scratch import ScratchConfig, story_base_config
 
 _S = story_base_config()
@@ -246,7 +247,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="variants run side by side")
     ap.add_argument("--only", help="comma-separated variant names (default: all)")
-    ap.add_argument("--data", default="data/fairytales_pairs.jsonl")
+    ap.add_argument("--data", default=FAIRYTALE_PAIRS)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per variant process")
     ap.add_argument("--gpus", type=int, default=1, help="CUDA devices the variants are dealt out to, in turn")
     ap.add_argument("--child", help=argparse.SUPPRESS)

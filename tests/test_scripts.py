@@ -107,6 +107,17 @@ def test_help(runs, name):
     assert out.startswith(f"usage: {name}"), out[:300]
 
 
+def test_shipped_data_defaults_are_found_from_any_directory(tmp_path, monkeypatch):
+    """The recipes' default --data and the story base's corpus point at the repository's data/
+    wherever the script is started (they were paths relative to the current directory)."""
+    from minift.finetune import FinetuneConfig
+    from minift.scratch import ScratchConfig
+    monkeypatch.chdir(tmp_path)
+    for path in (FinetuneConfig().data, ScratchConfig().corpus):
+        assert os.path.isfile(path), path
+        assert os.path.dirname(path) == os.path.join(ROOT, "data")
+
+
 def test_generate_streams_the_greedy_text(runs, tiny_dir):
     rc, out, err = runs.result("generate")
     assert rc == 0, (rc, err[-2000:])
