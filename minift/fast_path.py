@@ -127,7 +127,7 @@ class FastPath:
 def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_shape: bool, grad_accum: int = 1,
            num_rows: int | None = None, batch_size: int | None = None, steps: int | None = None,
            epochs: float | None = None, compile: bool | None = None, cuda_graph: bool = True,
-           adapter_math: str = "bf16", fused_projections: bool = True) -> FastPath:
+           adapter_math: str = "bf16", fused_projections: bool = True, world_size: int = 1) -> FastPath:
     """The fast-path settings for one run, and a line saying what was picked and why.
 
     device, dtype: where the model trains and the dtype its base computes in.
@@ -138,12 +138,17 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
       given: a run of unknown length, compiled.
     compile: True / False: the user's choice (--compile / --no-compile); None: compile a run of
       COMPILE_MIN_STEPS steps or more (the module's Note).
-    cuda_graph, adapter_math, fused_projections: the user's flags; False / "fp32" turn a feature off."""
+    cuda_graph, adapter_math, fused_projections: the user's flags; False / "fp32" turn a feature off.
+    world_size: the ranks under torchrun. batch_size is one rank's rows, and every step reads
+      batch_size x world_size rows (minift.data.Batches), which is what a short batch and the run's
+      length are counted in."""
     device = torch.device(device)
     if adapter_math not in ADAPTER_MATH:
         raise ValueError(f"adapter_math must be one of {ADAPTER_MATH}, got {adapter_math!r}")
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
     cuda = device.type == "cuda"
     lines = []
 
@@ -178,7 +183,8 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
     # -- CUDA graph (decided first: a dropped short batch shortens the run, which the compile rule reads)
     graph_lines = []
     use_graph, drop_last = False, False
-    short = (num_rows % batch_size) if (num_rows is not None and batch_size) else 0
+    global_batch = batch_size * world_size if batch_size else None
+    short = (num_rows % global_batch) if (num_rows is not None and global_batch) else 0
     if not cuda_graph:
         graph_lines.append("CUDA graph: off (--no-cuda-graph)")
     elif not cuda:
@@ -189,8 +195,8 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
                            f"to get it)")
     elif not one_shape:
         graph_lines.append("CUDA graph: off (the batches change shape; pack the rows to get it)")
-    elif num_rows is not None and batch_size and num_rows < batch_size:
-        graph_lines.append(f"CUDA graph: off ({num_rows} training rows, fewer than one batch of {batch_size})")
+    elif num_rows is not None and global_batch and num_rows < global_batch:
+        graph_lines.append(f"CUDA graph: off ({num_rows} training rows, fewer than one batch of {global_batch})")
     else:
         use_graph = True
         drop_last = short > 0
@@ -200,7 +206,7 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
                            f"--no-cuda-graph to turn off)")
 
     # -- compiled layers
-    run_steps = steps if steps is not None else _steps_of(epochs, num_rows, batch_size, grad_accum, drop_last)
+    run_steps = steps if steps is not None else _steps_of(epochs, num_rows, global_batch, grad_accum, drop_last)
     if compile is False:
         use_compile = False
         lines.append("compiled layers: off (--no-compile)")

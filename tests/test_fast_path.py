@@ -54,6 +54,16 @@ TABLE = [
     ("cuda, epochs over accumulation: 1,060 steps", dict(CUDA, method="full", one_shape=True, num_rows=847,
                                                          batch_size=4, epochs=10.0, grad_accum=2),
      None, True, False, False, "compiled layers: on (1,060 steps;"),
+    # under torchrun (world_size ranks) every step reads batch_size x world_size rows
+    ("2 ranks: a short global batch is dropped", dict(CUDA, method="lora", one_shape=True, num_rows=44, batch_size=4,
+                                                       world_size=2),
+     BF16, True, True, True, "last short batch (4 of 44 rows) is dropped"),
+    ("2 ranks: half the steps, not compiled", dict(CUDA, method="lora", one_shape=True, num_rows=4400, batch_size=4,
+                                                   epochs=1.0, world_size=2),
+     BF16, False, True, False, "compiled layers: off for a run of 550 steps"),
+    ("1 rank: the same rows, compiled", dict(CUDA, method="lora", one_shape=True, num_rows=4400, batch_size=4,
+                                             epochs=1.0),
+     BF16, True, True, False, "compiled layers: on (1,100 steps;"),
     ("--compile on a short run", dict(CUDA, method="lora", one_shape=True, steps=300, compile=True),
      BF16, True, True, False, "compiled layers: on (--compile;"),
     ("--no-compile on a long run", dict(CUDA, method="lora", one_shape=True, steps=5000, compile=False),
@@ -105,6 +115,8 @@ def test_bad_arguments_are_named():
         fast_path.decide(**CUDA, method="lora", one_shape=True, adapter_math="fp16")
     with pytest.raises(ValueError, match="grad_accum must be >= 1"):
         fast_path.decide(**CUDA, method="lora", one_shape=True, grad_accum=0)
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        fast_path.decide(**CUDA, method="lora", one_shape=True, world_size=0)
 
 
 def test_flags_parse_into_decide_arguments():
