@@ -532,7 +532,8 @@ class Batches:
     size keeps the rows exactly when the global batch is the same (or the rows used divide evenly).
 
     Each batch: {"input_ids": (B, T) long, "targets": (B, T) long} on `device`, plus
-    "position_ids" and "segment_ids" (B, T) when the rows are packed. Rows of unequal length
+    "position_ids" and "segment_ids" (B, T) when the rows are packed, and "num_loss_tokens" (int:
+    the targets that are not -100, counted on the CPU). Rows of unequal length
     (unpacked SFT) are right-padded to the longest in the batch with pad_id, targets -100."""
 
     def __init__(self, rows: Sequence[Example], batch_size: int, *, shuffle: bool = True, seed: int = 0,
@@ -621,7 +622,11 @@ class Batches:
         if self.packed:
             batch["position_ids"] = torch.tensor([pad(r.position_ids, 0) for r in rows], dtype=torch.long)
             batch["segment_ids"] = torch.tensor([pad(r.segment_ids, -1) for r in rows], dtype=torch.long)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # Counted here, on the CPU copy: the train loop weights each batch by its graded targets, and
+        # reading that count back from a GPU batch would stall the queue once a step.
+        batch["num_loss_tokens"] = sum(r.num_loss_tokens for r in rows)
+        return batch
 
 
 def _filler(like: Example, pad_id: int) -> Example:

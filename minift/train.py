@@ -234,7 +234,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
                 batch, batches = _next_batch(batches, train_batches, run.micro_batches)
                 run.micro_batches += 1
                 micro.append(_check_batch(batch, cfg, run.step + 1))
-            counts = [_count_loss_tokens(b["targets"], vocab, run.step + 1) for b in micro]
+            counts = [_count_loss_tokens(b, vocab, run.step + 1) for b in micro]
             # over every rank's micro-batches: the loss tokens (for the weights) and the input tokens
             n_total, tokens = distributed.sum_across_ranks(
                 (sum(counts), sum(b["input_ids"].numel() for b in micro)), device)
@@ -615,12 +615,15 @@ def _check_batch(batch: dict, cfg: TrainConfig, step: int) -> dict:
     return batch
 
 
-def _count_loss_tokens(targets: torch.Tensor, vocab: int | None, step: int) -> int:
+def _count_loss_tokens(batch: dict, vocab: int | None, step: int) -> int:
     """How many targets carry a loss (!= -100), after checking each is a token id the head can
-    predict. The range check runs where it is free: on a CPU batch (minift's data), before it is
-    copied over. A batch already on a GPU is not read back for it (that would stall the queue each
-    step): there an out-of-range target makes the loss NaN (kernels/softmax_xent.py), which stops
-    the run as a diverged step."""
+    predict. The range check runs where it is free: on a CPU batch, before it is copied over. A
+    batch already on a GPU is not read back (that would stall the queue each step): its count is the
+    one minift.data.Batches made on the CPU ("num_loss_tokens"), and an out-of-range target makes
+    the loss NaN there (kernels/softmax_xent.py), which stops the run as a diverged step."""
+    targets = batch["targets"]
+    if targets.device.type != "cpu" and "num_loss_tokens" in batch:
+        return int(batch["num_loss_tokens"])
     counted = targets != IGNORE_INDEX
     if vocab is not None and targets.device.type == "cpu":
         ids = targets[counted]

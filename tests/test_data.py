@@ -493,7 +493,8 @@ def test_batch_tensors_and_padding_for_unpacked_rows():
     rows = [D.Example([5, 6, 7], [6, 7, D.IGNORE_INDEX]), D.Example([8], [D.IGNORE_INDEX])]
     b = D.Batches(rows, 2, shuffle=False, pad_id=0)
     batch = next(iter(b))
-    assert set(batch) == {"input_ids", "targets"}
+    assert set(batch) == {"input_ids", "targets", "num_loss_tokens"}
+    assert batch["num_loss_tokens"] == 2 == int((batch["targets"] != D.IGNORE_INDEX).sum())
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["targets"].tolist() == [[6, 7, -100], [-100, -100, -100]]
     assert b.num_tokens == 4 and b.num_loss_tokens == 2
@@ -502,7 +503,7 @@ def test_batch_tensors_and_padding_for_unpacked_rows():
     with pytest.raises(ValueError, match="no batch"):
         next(empty.forever())
     packed = next(iter(D.Batches(_rows(2), 2)))
-    assert set(packed) == {"input_ids", "targets", "position_ids", "segment_ids"}
+    assert set(packed) == {"input_ids", "targets", "position_ids", "segment_ids", "num_loss_tokens"}
 
 
 def test_upsample_repeats_the_asking_training_pairs_and_leaves_validation_alone(tok, tmp_path):

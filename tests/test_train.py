@@ -372,6 +372,19 @@ def test_bad_config_and_inputs_fail_clearly():
         train(make_model(), iter([bad] * 4), cfg=cfg(steps=1))
 
 
+def test_a_device_batch_is_not_read_back_for_its_loss_token_count():
+    """On a GPU the loop takes the count Batches made on the CPU instead of summing the targets
+    (which would wait for the GPU once a step). A meta tensor stands in for the GPU: reading it
+    raises, so the test fails if the loop reads it."""
+    from minift.train import _count_loss_tokens
+    targets = torch.full((2, 8), -100, device="meta")
+    assert _count_loss_tokens({"targets": targets, "num_loss_tokens": 5}, 256, step=1) == 5
+    with pytest.raises(Exception):           # no count given: the targets are read
+        _count_loss_tokens({"targets": targets}, 256, step=1)
+    cpu = {"targets": torch.tensor([[1, -100, 3]]), "num_loss_tokens": 99}   # a CPU batch is counted and checked
+    assert _count_loss_tokens(cpu, 256, step=1) == 2
+
+
 def test_grad_checkpointing_flag_is_set_and_same_losses():
     plain = train(make_model(), TinyBatches(), cfg=cfg(steps=3))
     m = make_model()
