@@ -135,6 +135,7 @@ def _worker(rank, world, port, tmp):
             result = {"losses": res.losses, "from": res.resumed_from_step}
         with open(os.path.join(tmp, f"{scenario}-{rank}.json"), "w") as f:
             json.dump(result, f)
+        model = res = full = resumed = None   # nothing sharded outlives its scenario (teardown's docstring)
     distributed.barrier()
     distributed.teardown()
 
