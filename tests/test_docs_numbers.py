@@ -348,6 +348,13 @@ def recipe(rec, before, compile_default):
             f"({tps(hf['tok_per_s'])} and {tps(compile_default['hf']['tok_per_s'])} tok/s)"]
 
 
+def recipe_rerun(rec):
+    m, warm, hf = rec["minift"], rec["minift_warm"], rec["hf"]
+    return [f"minift **{tps(m['tok_per_s'])} tok/s**, HF {tps(hf['tok_per_s'])} tok/s: **{times(rec['speed_ratio'])}** "
+            f"on a first run, **{times(rec['speed_ratio_warm'])}** warm, {times(rec['speed_ratio_compile'])} with",
+            f"steady step {first_and_steady(m)[1]} s", f"**Rerun on {rec['date']}**"]
+
+
 def log_seconds(log: str, start: str, end: str) -> str:
     """Seconds between the first log line holding `start` and the next holding `end`, one decimal."""
     stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(" + re.escape(start) + "|" + re.escape(end) + ")",
@@ -842,6 +849,7 @@ CHECKS = [   # in the order of the docs
          capstone_step),
     Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json", H200 + "bench_recipe_before_optimizer_fix.json",
                                            H200 + "bench_recipe_compile_default.json"), recipe),
+    Text("recipe phase rerun", "docs/speed.md", (H200 + "bench_recipe_rerun_2026-12-02.json",), recipe_rerun),
     Text("when compiling pays", "docs/speed.md",
          tuple(H200 + f for f in ("bench_7b_qlora_fast-graph_bf16.json", "bench_7b_qlora_fast-compile-graph_bf16.json",
                                   "bench_0.5b_lora_fast-graph_bf16.json", "bench_0.5b_lora_fast-compile-graph_bf16.json",
