@@ -622,11 +622,11 @@ class Batches:
         if self.packed:
             batch["position_ids"] = torch.tensor([pad(r.position_ids, 0) for r in rows], dtype=torch.long)
             batch["segment_ids"] = torch.tensor([pad(r.segment_ids, -1) for r in rows], dtype=torch.long)
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        # Counted here, on the CPU copy: the train loop weights each batch by its graded targets, and
+        # Counted here, before the copy: the train loop weights each batch by its graded targets, and
         # reading that count back from a GPU batch would stall the queue once a step.
-        batch["num_loss_tokens"] = sum(r.num_loss_tokens for r in rows)
-        return batch
+        num_loss_tokens = int((batch["targets"] != IGNORE_INDEX).sum())
+        return {**{k: v.to(self.device, non_blocking=True) for k, v in batch.items()},
+                "num_loss_tokens": num_loss_tokens}
 
 
 def _filler(like: Example, pad_id: int) -> Example:

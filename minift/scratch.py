@@ -21,7 +21,8 @@ from minift import distributed, fast_path
 from minift.checkpoint import save_pretrained
 from minift.config import ModelConfig
 from minift import fairytales
-from minift.data import FAIRYTALE_CORPUS, Batches, Dataset, DatasetStats, document_rows, read_text, text_rows, train_val_split
+from minift.data import (FAIRYTALE_CORPUS, Batches, Dataset, DatasetStats, document_rows, read_text, text_rows,
+                         train_val_split)
 from minift.device import pick_device
 from minift.generate import generate
 from minift.model import Transformer
