@@ -47,6 +47,32 @@ def pythonpath_with(*dirs: str) -> str:
     return os.pathsep.join([*dirs, *inherited])
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random 2-layer minift model and a byte-level BPE trained on a few generated stories, saved
+    in the HF layout (what the scripts load with --model)."""
+    import dataclasses
+
+    import minift
+    from minift import fairytales
+    from minift.tokenizer import train_bpe
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    tok = train_bpe(fairytales.generate_stories(10, seed=3), vocab_size=400)
+    cfg = dataclasses.replace(minift.ModelConfig.preset("tiny-10m"), vocab_size=tok.vocab_size, hidden_size=64,
+                              intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=None, eos_token_id=tok.eos_token_ids,
+                              pad_token_id=tok.pad_token_id, torch_dtype="float32")
+    torch.manual_seed(0)
+    model = minift.Transformer(cfg)
+    with torch.no_grad():  # N(0, 1/hidden) instead of std 0.02: peaked logits, so greedy picks are stable
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 64 ** -0.5)
+    minift.save_pretrained(model, str(out), tokenizer=tok)
+    return str(out)
+
+
 @pytest.fixture
 def two_cpu_threads(monkeypatch):
     """Measure CPU memory with 2 threads, as on the 2-core laptop the CPU numbers are about.

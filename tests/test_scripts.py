@@ -9,7 +9,6 @@ chapter's capstone questions with LoRA on Qwen2.5-0.5B-Instruct; continue_pretra
 a base on raw text and saves it; make_fairytales.py writes the pairs minift.fairytales generates.
 """
 import concurrent.futures
-import dataclasses
 import glob
 import json
 import os
@@ -22,7 +21,6 @@ import torch
 import minift
 from minift import fairytales
 from minift.data import read_text
-from minift.tokenizer import train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "scripts", "*.py")))
@@ -50,25 +48,6 @@ class Runs:
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A random 2-layer model and a BPE trained on a few stories, saved in the HF layout."""
-    out = tmp_path_factory.mktemp("tiny_model")
-    tok = train_bpe(fairytales.generate_stories(10, seed=3), vocab_size=400)
-    cfg = dataclasses.replace(minift.ModelConfig.preset("tiny-10m"), vocab_size=tok.vocab_size, hidden_size=64,
-                              intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, head_dim=None, eos_token_id=tok.eos_token_ids,
-                              pad_token_id=tok.pad_token_id, torch_dtype="float32")
-    torch.manual_seed(0)
-    model = minift.Transformer(cfg)
-    with torch.no_grad():  # N(0, 1/hidden) instead of std 0.02: peaked logits, so greedy picks are stable
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 64 ** -0.5)
-    minift.save_pretrained(model, str(out), tokenizer=tok)
-    return str(out)
 
 
 @pytest.fixture(scope="module")
