@@ -96,6 +96,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def print0(*args, **kwargs) -> None:
+    """print() on rank 0 alone: the scripts' own lines, which every rank would otherwise repeat.
+    Reads torchrun's RANK, so it holds before init() has joined the group too."""
+    if env()[0] == 0:
+        print(*args, **kwargs)
+
+
 # ---------------------------------------------------------------------- start and stop
 def init(device: str | torch.device | None = "auto") -> torch.device | None:
     """Join torchrun's process group if this process was started by torchrun (WORLD_SIZE > 1);

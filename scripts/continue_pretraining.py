@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from minift import fast_path, load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
+from minift import distributed, fast_path, load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
 from minift.data import Batches, load_pretrain
 from minift.device import pick_device, resolve_dtype
 from minift.train import TrainConfig, failure_point_warnings
@@ -39,7 +39,7 @@ def main():
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for w in failure_point_warnings("cpt", a.model):
-        print(f"warning: {w}")
+        distributed.print0(f"warning: {w}")
 
     device = pick_device(a.device)
     dtype = resolve_dtype(a.dtype, device)
@@ -47,11 +47,11 @@ def main():
     tok = load_tokenizer(model_dir)
     model = load_pretrained(model_dir, dtype=dtype, device=device)
     data = load_pretrain(a.corpus, tok, a.seq_len, val_fraction=0.02)
-    print(f"corpus: {data.stats.num_tokens:,} tokens in {data.stats.num_rows:,} rows "
-          f"(the chapter: below ~1B tokens continued pre-training does little)")
+    distributed.print0(f"corpus: {data.stats.num_tokens:,} tokens in {data.stats.num_rows:,} rows "
+                       f"(the chapter: below ~1B tokens continued pre-training does little)")
     plan = fast_path.decide(device, dtype, method="cpt", one_shape=len({len(r) for r in data.train}) == 1,
                             grad_accum=a.grad_accum, num_rows=len(data.train), batch_size=a.batch_size,
-                            steps=a.steps, **fast_path.settings(a))
+                            steps=a.steps, world_size=distributed.world_size(), **fast_path.settings(a))
     train_rows = Batches(data.train, a.batch_size, shuffle=True, device=device, pad_id=data.pad_id,
                          drop_last=plan.drop_last)
     val_rows = Batches(data.val, a.batch_size, shuffle=False, device=device, pad_id=data.pad_id) if data.val else None
@@ -62,7 +62,9 @@ def main():
         steps=a.steps, grad_accum=a.grad_accum, lr=a.lr, warmup=min(10, a.steps // 10), weight_decay=0.0,
         precision=precision, grad_checkpointing=a.grad_ckpt, out_dir=f"{a.out}/train", progress=not a.no_progress))
     model.eval()
-    save_pretrained(model, a.out, tokenizer=tok)
+    save_pretrained(model, a.out, tokenizer=tok)   # under torchrun: gathered, written by rank 0
+    if not distributed.is_main():
+        return
     evals = result.eval_history
     print(f"train loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}"
           + (f", held-out loss {evals[-1]['loss']:.3f}" if evals else "") + f"; saved {a.out}")

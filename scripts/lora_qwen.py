@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from minift import fast_path
+from minift import distributed, fast_path
 from minift.data import FAIRYTALE_PAIRS, read_jsonl, request_holds
 from minift.evaluate import HAPPY_END_REQUEST, side_by_side, table
 from minift.finetune import FinetuneConfig, finetune, resolve_base
@@ -105,12 +105,14 @@ def main():
     model_dir, embedded = resolve_base(a.model or DEFAULT_MODEL, explicit=a.model is not None,
                                        tiny_dir=STORY_BASE["out_dir"])
     if embedded:
-        print(f"{DEFAULT_MODEL} is not on this machine (no local directory, not in the Hugging Face cache, "
-              f"and no download here).\n  To use it: pip install 'minift[hub]' && huggingface-cli download "
-              f"{DEFAULT_MODEL}\n  then run this script again (or pass --model /path/to/it).\n"
-              f"Running the embedded default instead: LoRA on the tiny model trained from scratch ({model_dir}).\n")
+        distributed.print0(
+            f"{DEFAULT_MODEL} is not on this machine (no local directory, not in the Hugging Face cache, "
+            f"and no download here).\n  To use it: pip install 'minift[hub]' && huggingface-cli download "
+            f"{DEFAULT_MODEL}\n  then run this script again (or pass --model /path/to/it).\n"
+            f"Running the embedded default instead: LoRA on the tiny model trained from scratch ({model_dir}).\n")
         if not os.path.exists(os.path.join(model_dir, "config.json")):
-            print(f"{model_dir} is missing: training it first (scripts/train_tiny.py --story-base does the same).")
+            distributed.print0(f"{model_dir} is missing: training it first "
+                               f"(scripts/train_tiny.py --story-base does the same).")
             train_from_scratch(story_base_config(out_dir=model_dir, progress=not a.no_progress))
     defaults = TINY_DEFAULTS if embedded else QWEN_DEFAULTS
     if embedded and a.method == "full":
@@ -129,9 +131,12 @@ def main():
         story_eval_seeds=tuple(int(x) for x in a.story_eval_seeds.split(",")))
     if cfg.upsample:
         asking = sum(request_holds(c, cfg.upsample[0]) for c in read_jsonl(cfg.data).conversations[:cfg.max_examples])
-        print(f"data mix: {asking} pairs of {cfg.data} ask '{cfg.upsample[0]}'; those in the training split are "
-              f"trained on {cfg.upsample[1]}x (the embedded default's LoRA: a request too rare to learn otherwise)")
+        distributed.print0(f"data mix: {asking} pairs of {cfg.data} ask '{cfg.upsample[0]}'; those in the training "
+                           f"split are trained on {cfg.upsample[1]}x (the embedded default's LoRA: a request too "
+                           f"rare to learn otherwise)")
     rep = finetune(cfg, model_dir=model_dir)
+    if not distributed.is_main():   # torchrun: rank 0 alone reports, writes report.json and uploads
+        return 0
 
     print(f"\nbase: {rep.model_dir} ({rep.num_params:,} parameters; {rep.trainable_params:,} trained, "
           f"{100 * rep.trainable_params / rep.num_params:.2f}%)")

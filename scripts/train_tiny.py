@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 
-from minift import fast_path
+from minift import distributed, fast_path
 from minift.scratch import ScratchConfig, story_base_config, train_from_scratch
 from minift.tokenizer import SPLITS
 
@@ -44,6 +44,8 @@ def main():
     given = {k: v for k, v in vars(a).items() if v is not None and k in ScratchConfig.__dataclass_fields__}
     cfg = story_base_config(**given) if a.story_base else ScratchConfig(**given)
     report = train_from_scratch(dataclasses.replace(cfg, progress=not a.no_progress, **fast_path.settings(a)))
+    if not distributed.is_main():   # torchrun: rank 0 alone reports and writes train_report.json
+        return
     r = report.result
     last_eval = r.eval_history[-1] if r.eval_history else {}
     print(f"\nparameters: {report.num_params:,}   training tokens in the corpus: {report.train_tokens:,}")

@@ -3,7 +3,7 @@
 
 tests/test_distributed.py checks the library (train() on 2 ranks); this checks the job: the
 script's own argument parsing, loading, data preparation, memory report, training, evaluation and
-saving, with rank 0 alone writing. 2 ranks x B rows see the global batches 1 process x 2B sees, so:
+saving, with rank 0 alone writing and printing. 2 ranks x B rows see the global batches 1 process x 2B sees, so:
 * the output folders hold the same files (nothing written twice, nothing missing);
 * the trained tensors agree to rtol 1e-4, atol 1e-5 and the held-out loss to rtol 1e-5, the
   tolerances tests/test_distributed.py explains (the order of fp32 additions differs; AdamW turns
@@ -55,6 +55,7 @@ def test_lora_recipe_under_torchrun_writes_what_one_process_writes(tiny_dir, tmp
     _run("lora_qwen.py", [*common, "--batch-size", "4", "--out", str(tmp_path / "one")], tmp_path, ranks=1)
     two = _run("lora_qwen.py", [*common, "--batch-size", "2", "--out", str(tmp_path / "two")], tmp_path, ranks=2)
     assert "torchrun: 2 processes, gloo backend" in two.stderr + two.stdout
+    assert two.stdout.count("saved adapter:") == 1 and two.stdout.count("eval loss:") == 1   # rank 0 alone reports
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
     _assert_same_tensors(tmp_path / "one" / "adapter" / "adapter_model.safetensors",
                          tmp_path / "two" / "adapter" / "adapter_model.safetensors")
@@ -75,8 +76,23 @@ def test_continued_pretraining_under_torchrun_writes_what_one_process_writes(tin
     two = _run("continue_pretraining.py", [*common, "--batch-size", "1", "--out", str(tmp_path / "two")], tmp_path,
                ranks=2)
     assert "torchrun: 2 processes, gloo backend" in two.stderr + two.stdout
+    assert two.stdout.count("corpus:") == 1 and two.stdout.count("train loss") == 1   # rank 0 alone reports
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
     _assert_same_tensors(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
     before = load_file(os.path.join(tiny_dir, "model.safetensors"))
     after = load_file(tmp_path / "two" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)                  # it trained
+
+
+def test_training_from_scratch_under_torchrun_writes_what_one_process_writes(tmp_path):
+    """scripts/train_tiny.py: the tokenizer trained on every rank alike, the model sharded with FSDP2."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(fairytales.generate_stories(12, seed=4)), encoding="utf-8")
+    common = ["--corpus", str(corpus), "--steps", "3", "--seq-len", "64", "--vocab-size", "300", "--lr", LR,
+              "--device", "cpu", "--no-progress"]
+    _run("train_tiny.py", [*common, "--batch-size", "2", "--out", str(tmp_path / "one")], tmp_path, ranks=1)
+    two = _run("train_tiny.py", [*common, "--batch-size", "1", "--out", str(tmp_path / "two")], tmp_path, ranks=2)
+    assert two.stdout.count("train loss:") == 1                                       # rank 0 alone reports
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    _assert_same_tensors(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
+    assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (tmp_path / "two" / "tokenizer.json").read_bytes()
