@@ -11,7 +11,6 @@ too (unless --no-before), and --show N prints N stories before and after side by
 import argparse
 import json
 import logging
-import os
 
 from minift import evaluate as ev
 from minift.checkpoint import load_pretrained
