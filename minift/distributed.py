@@ -79,6 +79,11 @@ def env() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def started_by_torchrun() -> bool:
+    """torchrun started this process as one of several (WORLD_SIZE > 1), joined to a group or not yet."""
+    return env()[1] > 1
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

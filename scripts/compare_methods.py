@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from minift import fast_path
+from minift import distributed, fast_path
 from minift.data import FAIRYTALE_PAIRS
 from minift.evaluate import METRICS
 
@@ -46,6 +46,9 @@ def main():
     for flag, kw in fast_path.FLAGS:   # passed on to each scripts/lora_qwen.py run
         ap.add_argument(flag, **kw)
     a = ap.parse_args()
+    if distributed.started_by_torchrun():
+        ap.error("this script starts the recipes in child processes of its own; run it without torchrun "
+                 "(the recipes themselves run under torchrun: docs/distributed.md)")
 
     rows = []
     for method in a.methods.split(","):

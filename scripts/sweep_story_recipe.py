@@ -25,6 +25,7 @@ import sys
 import time
 
 from lora_qwen import TINY_DEFAULTS
+from minift import distributed
 from minift.data import FAIRYTALE_PAIRS
 from minift.scratch import ScratchConfig, story_base_config
 
@@ -252,6 +253,9 @@ def main():
     ap.add_argument("--gpus", type=int, default=1, help="CUDA devices the variants are dealt out to, in turn")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if distributed.started_by_torchrun():
+        ap.error("this script starts the recipes in child processes of its own; run it without torchrun "
+                 "(the recipes themselves run under torchrun: docs/distributed.md)")
     work = a.work or os.path.join(a.out, "work")
     if a.child:
         import torch

@@ -86,6 +86,16 @@ def test_help(runs, name):
     assert out.startswith(f"usage: {name}"), out[:300]
 
 
+@pytest.mark.parametrize("name", ["compare_methods.py", "sweep_story_recipe.py"])
+def test_drivers_of_child_processes_refuse_torchrun(name, tmp_path):
+    """Under torchrun every rank would start its own children, which would join no group or the
+    wrong one: the drivers say so and stop (torchrun sets WORLD_SIZE and RANK; set here by hand)."""
+    env = dict(os.environ, WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name)], cwd=tmp_path, env=env,
+                          text=True, capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and "run it without torchrun" in proc.stderr, (proc.returncode, proc.stderr[-1000:])
+
+
 def test_shipped_data_defaults_are_found_from_any_directory(tmp_path, monkeypatch):
     """The recipes' default --data and the story base's corpus point at the repository's data/
     wherever the script is started (they were paths relative to the current directory)."""
