@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from minift import fused_projections
+from minift import distributed, fused_projections
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class FastPath:
 def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_shape: bool, grad_accum: int = 1,
            num_rows: int | None = None, batch_size: int | None = None, steps: int | None = None,
            epochs: float | None = None, compile: bool | None = None, cuda_graph: bool = True,
-           adapter_math: str = "bf16", fused_projections: bool = True, world_size: int = 1) -> FastPath:
+           adapter_math: str = "bf16", fused_projections: bool = True, world_size: int | None = None) -> FastPath:
     """The fast-path settings for one run, and a line saying what was picked and why.
 
     device, dtype: where the model trains and the dtype its base computes in.
@@ -139,14 +139,16 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
     compile: True / False: the user's choice (--compile / --no-compile); None: compile a run of
       COMPILE_MIN_STEPS steps or more (the module's Note).
     cuda_graph, adapter_math, fused_projections: the user's flags; False / "fp32" turn a feature off.
-    world_size: the ranks under torchrun. batch_size is one rank's rows, and every step reads
-      batch_size x world_size rows (minift.data.Batches), which is what a short batch and the run's
-      length are counted in."""
+    world_size: the ranks under torchrun (None: this process's, 1 without torchrun). batch_size is
+      one rank's rows, and every step reads batch_size x world_size rows (minift.data.Batches),
+      which is what a short batch and the run's length are counted in."""
     device = torch.device(device)
     if adapter_math not in ADAPTER_MATH:
         raise ValueError(f"adapter_math must be one of {ADAPTER_MATH}, got {adapter_math!r}")
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    if world_size is None:
+        world_size = distributed.world_size()
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     cuda = device.type == "cuda"

@@ -150,7 +150,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
                             grad_accum=cfg.grad_accum, num_rows=len(data.train), batch_size=cfg.batch_size,
                             steps=cfg.steps or None, epochs=None if cfg.steps else (cfg.epochs or 1.0),
                             compile=cfg.compile, cuda_graph=cfg.cuda_graph, adapter_math=cfg.adapter_math,
-                            fused_projections=cfg.fused_projections, world_size=distributed.world_size())
+                            fused_projections=cfg.fused_projections)
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device, pad_id=data.pad_id,
                          drop_last=plan.drop_last)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device, pad_id=data.pad_id)

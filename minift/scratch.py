@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minift import distributed, fast_path
+from minift import fast_path
 from minift.checkpoint import save_pretrained
 from minift.config import ModelConfig
 from minift import fairytales
@@ -221,7 +221,7 @@ def train_from_scratch(cfg: ScratchConfig) -> ScratchReport:
     data = pretrain_rows(docs, tok, cfg.seq_len, val_fraction=cfg.val_fraction, seed=cfg.seed, rows=cfg.rows)
     plan = fast_path.decide(device, torch.float32, method="scratch", one_shape=len({len(r) for r in data.train}) == 1,
                             num_rows=len(data.train), batch_size=cfg.batch_size, steps=cfg.steps, compile=cfg.compile,
-                            cuda_graph=cfg.cuda_graph, world_size=distributed.world_size())
+                            cuda_graph=cfg.cuda_graph)
     train_rows = Batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device,
                          drop_last=plan.drop_last)
     val_rows = Batches(data.val, cfg.batch_size, shuffle=False, device=device) if data.val else None

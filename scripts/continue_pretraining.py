@@ -51,7 +51,7 @@ def main():
                        f"(the chapter: below ~1B tokens continued pre-training does little)")
     plan = fast_path.decide(device, dtype, method="cpt", one_shape=len({len(r) for r in data.train}) == 1,
                             grad_accum=a.grad_accum, num_rows=len(data.train), batch_size=a.batch_size,
-                            steps=a.steps, world_size=distributed.world_size(), **fast_path.settings(a))
+                            steps=a.steps, **fast_path.settings(a))
     train_rows = Batches(data.train, a.batch_size, shuffle=True, device=device, pad_id=data.pad_id,
                          drop_last=plan.drop_last)
     val_rows = Batches(data.val, a.batch_size, shuffle=False, device=device, pad_id=data.pad_id) if data.val else None

@@ -110,6 +110,14 @@ def test_no_triton_means_no_compile_and_says_why():
     assert any("needs triton" in line for line in plan.lines)
 
 
+def test_world_size_defaults_to_this_process_group():
+    """The recipes leave world_size out: under torchrun decide() reads it from minift.distributed."""
+    with mock.patch.object(fast_path, "_triton_importable", return_value=True), \
+            mock.patch.object(fast_path.distributed, "world_size", return_value=2):
+        plan = fast_path.decide(**CUDA, method="lora", one_shape=True, num_rows=44, batch_size=4)
+    assert plan.drop_last and any("last short batch (4 of 44 rows)" in line for line in plan.lines), plan.lines
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="adapter_math must be one of"):
         fast_path.decide(**CUDA, method="lora", one_shape=True, adapter_math="fp16")

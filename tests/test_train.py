@@ -379,7 +379,7 @@ def test_a_device_batch_is_not_read_back_for_its_loss_token_count():
     from minift.train import _count_loss_tokens
     targets = torch.full((2, 8), -100, device="meta")
     assert _count_loss_tokens({"targets": targets, "num_loss_tokens": 5}, 256, step=1) == 5
-    with pytest.raises(Exception):           # no count given: the targets are read
+    with pytest.raises(RuntimeError, match="meta tensors"):   # no count given: the targets are read
         _count_loss_tokens({"targets": targets}, 256, step=1)
     cpu = {"targets": torch.tensor([[1, -100, 3]]), "num_loss_tokens": 99}   # a CPU batch is counted and checked
     assert _count_loss_tokens(cpu, 256, step=1) == 2
