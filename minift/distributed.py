@@ -139,8 +139,8 @@ def teardown() -> None:
     """Leave the process group (NCCL wants this before exit). Registered with atexit by init().
     Garbage is collected first, so that an unreferenced FSDP model and the asynchronous work it
     holds die while the group and the interpreter are alive. Gloo work freed during interpreter
-    shutdown can abort the process (pytorch/pytorch PR 179291 describes it); CI's 2-rank CPU test
-    once ended in SIGABRT that way on torch 2.14.1, which 40 reruns here did not reproduce."""
+    shutdown can abort the process (pytorch/pytorch PR 179291 describes it; a 2-rank CPU test once
+    ended in SIGABRT at exit on torch 2.14.1)."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
