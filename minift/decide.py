@@ -166,7 +166,7 @@ def _recipe_dtype(device: str) -> str:
 
 
 def job_estimate(cfg: ModelConfig, method: str, batch: int, seq: int, grad_ckpt: bool, lora_r: int,
-                 device: str) -> memory.MemoryEstimate | None:
+                 device: str, ckpt_layers: int | None = None) -> memory.MemoryEstimate | None:
     """The whole job's memory as minift.finetune runs it on `device`: loaded from a bf16
     checkpoint (QLoRA quantizing while it loads), trained, the adapter (or the model) saved; on
     a CPU in fp32 with the recipe's CPU loss chunk, counting the process's resident memory.
@@ -176,10 +176,37 @@ def job_estimate(cfg: ModelConfig, method: str, batch: int, seq: int, grad_ckpt:
     dtype = _recipe_dtype(device)
     if method == "qlora" and dtype == "float32":
         return None
-    return memory.estimate(cfg, method, batch, seq, grad_ckpt=grad_ckpt, lora_r=lora_r, param_dtype=dtype,
-                           device=device, loss_chunk=CPU_LOSS_CHUNK if device == "cpu" else 1024,
+    return memory.estimate(cfg, method, batch, seq, grad_ckpt=grad_ckpt, ckpt_layers=ckpt_layers, lora_r=lora_r,
+                           param_dtype=dtype, device=device, loss_chunk=CPU_LOSS_CHUNK if device == "cpu" else 1024,
                            load="nf4-stream" if method == "qlora" else "float",
                            save="adapter" if method in ("lora", "qlora") else "model")
+
+
+def fewest_checkpointed_layers(layers: int, budget_bytes: float, estimate_for):
+    """The fewest layers to checkpoint (the bottom ones, model.checkpoint_layers; 0: none) whose peak
+    fits budget_bytes, and that estimate; (None, None) when checkpointing every layer does not fit.
+    estimate_for(k) returns the estimate with k layers checkpointed (None: not modelled).
+
+    Each layer checkpointed trades what it saves for its input, so from one layer up the peak
+    does not rise as k grows (0 -> 1 can: the first recompute brings a layer's forward back into
+    backward), and a bisection over 1..layers finds k in ~log2(layers) estimates. Often fewer layers
+    than all reach the same peak (one GPU's full SFT peaks at the optimizer step, not in backward):
+    the recompute of the others is saved for nothing."""
+    none = estimate_for(0)
+    if none is not None and none.total <= budget_bytes:
+        return 0, none
+    every = estimate_for(layers)
+    if every is None or every.total > budget_bytes:
+        return None, None
+    lo, hi, best = 1, layers, every          # invariant: hi fits (best is its estimate)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        est = estimate_for(mid)
+        if est is not None and est.total <= budget_bytes:
+            hi, best = mid, est
+        else:
+            lo = mid + 1
+    return hi, best
 
 
 # ====================================================================== how many GPUs
@@ -210,7 +237,7 @@ class Decision:
     model: str | None              # base model (HF id)
     steps: list = field(default_factory=list)      # the reasoning, one line per step
     warnings: list = field(default_factory=list)   # the chapter's failure points that apply
-    fits: list = field(default_factory=list)       # (preset, method, grad_ckpt, GB) that fit the memory
+    fits: list = field(default_factory=list)       # (preset, method, checkpointed layers (0: none), GB) that fit
 
 
 def decide(*, general_covered: bool, data: str | None = None, dataset: str | None = None, laptop: bool,
@@ -329,11 +356,10 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
     for name in CANDIDATES:
         cfg = ModelConfig.preset(name)
         for m in tries:
-            for ckpt in (False, True):
-                est = job_estimate(cfg, m, batch, seq, ckpt, lora_r, dev)
-                if est is not None and est.total <= budget:
-                    d.fits.append((name, m, ckpt, round(est.total / 1e9, 2)))
-                    break
+            k, est = fewest_checkpointed_layers(cfg.num_hidden_layers, budget, lambda k: job_estimate(
+                cfg, m, batch, seq, k > 0, lora_r, dev, ckpt_layers=k if k > 0 else None))
+            if est is not None:
+                d.fits.append((name, m, k, round(est.total / 1e9, 2)))
     if dev == "cpu" and "qlora" in tries:
         d.steps.append("   (QLoRA is not counted on a CPU: its NF4 base computes in bf16 on a GPU; the CPU recipe "
                        "runs fp32, which the memory math does not model for NF4)")
@@ -352,7 +378,8 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
         if chosen:
             break
     for name in CANDIDATES:
-        row = [f"{m}{' +ckpt' if fits_by[(name, m)][0] else ''} {fits_by[(name, m)][1]} GB"
+        layers = ModelConfig.preset(name).num_hidden_layers
+        row = [f"{m}{_ckpt_label(fits_by[(name, m)][0], layers)} {fits_by[(name, m)][1]} GB"
                for m in tries if (name, m) in fits_by]
         if not row:  # one GPU is not enough: how many would be (torchrun; minift/distributed.py)
             n, est = gpus_needed(ModelConfig.preset(name), tries[0], batch, seq, budget, lora_r=lora_r)
@@ -373,7 +400,7 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
     d.method, d.model = (m if method in ("lora", "full") else method), model
     d.steps.append(f"Answer: {d.method.upper() if d.method != 'lora' else 'LoRA'}"
                    f"{' (QLoRA: LoRA alone does not fit)' if m == 'qlora' else ''} on {model}"
-                   f"{' with gradient checkpointing' if ckpt else ''}: {gb} GB predicted peak. "
+                   f"{_ckpt_answer(ckpt, cfg.num_hidden_layers)}: {gb} GB predicted peak. "
                    f"Start there and scale up only if the results are not good enough.")
     if method == "full" and unit == "pairs" and (sft_warning := advice.small_data_sft_warning(lo)):
         d.warnings.append(sft_warning)  # a range whose low end is under 10K pairs
@@ -382,3 +409,16 @@ def decide(*, general_covered: bool, data: str | None = None, dataset: str | Non
         d.warnings.append(cpt_warning + " Answering with its base checkpoint.")
     d.warnings.append(advice.memory_math_reminder())
     return d
+
+
+def _ckpt_label(k: int, layers: int) -> str:
+    return "" if k == 0 else " +ckpt" if k == layers else f" +ckpt {k}/{layers} layers"
+
+
+def _ckpt_answer(k: int, layers: int) -> str:
+    if k == 0:
+        return ""
+    if k == layers:
+        return " with gradient checkpointing"
+    return (f" with gradient checkpointing on the bottom {k} of {layers} layers (--ckpt-layers {k}; the rest keep "
+            f"their activations and are not recomputed)")

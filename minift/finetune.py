@@ -57,6 +57,7 @@ class FinetuneConfig:
     seq_len: int | None = None         # None: the longest pair in the model's tokens, rounded up (fit_seq_len)
     grad_accum: int = 1
     grad_ckpt: bool = False
+    ckpt_layers: int | None = None     # with grad_ckpt: only the bottom N layers are checkpointed (None: all)
     warmup: int = 10
     val_fraction: float = 0.05
     eval_batches: int | None = 20
@@ -113,6 +114,9 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     resolved through minift.checkpoint.resolve_model_dir: a local path, the HF cache, or a download)."""
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {cfg.method!r}")
+    if cfg.ckpt_layers is not None and not (cfg.grad_ckpt and isinstance(cfg.ckpt_layers, int) and cfg.ckpt_layers >= 0):
+        raise ValueError(f"ckpt_layers={cfg.ckpt_layers!r}: the number of bottom layers to checkpoint, an integer "
+                         f">= 0, with grad_ckpt on (grad_ckpt={cfg.grad_ckpt})")
     device = pick_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
@@ -128,6 +132,8 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     # QLoRA: each projection is quantized as it is read, so the float base never exists (issue 10).
     model = load_pretrained(model_dir, dtype=dtype, device=device, quantize="nf4" if cfg.method == "qlora" else None)
     n_params = model.config.num_params()  # the checkpoint's count (a Linear4bit's codes are buffers)
+    if cfg.ckpt_layers is not None and cfg.ckpt_layers > model.config.num_hidden_layers:
+        raise ValueError(f"ckpt_layers={cfg.ckpt_layers}, but {model_dir} has {model.config.num_hidden_layers} layers")
     if device.type == "cpu":
         model.loss_chunk_size = CPU_LOSS_CHUNK
 
@@ -160,6 +166,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     try:
         predicted = memory.estimate(model.config, "full" if cfg.method == "full" else cfg.method, cfg.batch_size,
                                     cfg.seq_len, param_dtype=_dtype_name(dtype), grad_ckpt=cfg.grad_ckpt,
+                                    ckpt_layers=cfg.ckpt_layers,
                                     lora_r=cfg.r, lora_targets=cfg.targets, device=device.type,
                                     loss_chunk=model.loss_chunk_size, load=_load_kind(cfg.method),
                                     save="model" if cfg.method == "full" else "adapter",
@@ -211,6 +218,7 @@ def finetune(cfg: FinetuneConfig, model_dir: str | None = None) -> FinetuneRepor
     result, compile_line = fast_path.train_with(plan, model, train_rows, val_rows, TrainConfig(
         steps=steps, epochs=epochs, grad_accum=cfg.grad_accum, lr=lr, warmup=cfg.warmup, weight_decay=0.0,
         betas=(0.9, 0.999), clip=1.0, precision=precision, master_weights=False, grad_checkpointing=cfg.grad_ckpt,
+        checkpoint_layers=cfg.ckpt_layers,
         eval_batches=cfg.eval_batches, out_dir=os.path.join(cfg.out_dir, "train"), seed=cfg.seed,
         progress=cfg.progress), resume=True)
     model.eval()

@@ -49,7 +49,9 @@ class FlopsPerToken:
 
 
 def flops_per_token(cfg: ModelConfig, method: str, seq: int, *, grad_ckpt: bool = False, lora_r: int = 16,
-                    lora_targets="all-linear", chunked_loss: bool = True, causal: bool = False) -> FlopsPerToken:
+                    lora_targets="all-linear", chunked_loss: bool = True, causal: bool = False,
+                    ckpt_layers: int | None = None) -> FlopsPerToken:
+    """ckpt_layers: with grad_ckpt, the layers checkpointed (None: all); only they are recomputed."""
     if method not in METHODS:
         raise ValueError(f"method {method!r}: use one of {', '.join(METHODS)}")
     if not isinstance(seq, int) or seq <= 0:
@@ -72,7 +74,8 @@ def flops_per_token(cfg: ModelConfig, method: str, seq: int, *, grad_ckpt: bool 
     model = sum(parts.values())
     extra = {}
     if grad_ckpt:
-        extra["recompute layers (checkpointing)"] = 2 * mp["layers"] + attn_fwd
+        share = 1.0 if ckpt_layers is None else ckpt_layers / cfg.num_hidden_layers
+        extra["recompute layers (checkpointing)"] = share * (2 * mp["layers"] + attn_fwd)
     if chunked_loss:
         extra["recompute head (chunked loss)"] = 2 * mp["lm_head"]
     parts.update(extra)

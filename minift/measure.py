@@ -247,7 +247,8 @@ def run_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, step
                        device="cpu", dtype="bfloat16", grad_ckpt: bool = False, *, lora_r: int = 16,
                        lora_targets="all-linear", master_weights: bool = False, how: str = "auto",
                        loss_chunk: int = 1024, kv_cache_len: int | None = None,
-                       foreach: bool | None = None, lora_compute_dtype: str | None = None) -> StepMeasurement:
+                       foreach: bool | None = None, lora_compute_dtype: str | None = None,
+                       ckpt_layers: int | None = None) -> StepMeasurement:
     """Build the model on `device`, run `steps` real forward/backward/AdamW steps (or one
     no-grad prefill for method="inference") and return the peak over all of them.
 
@@ -264,6 +265,7 @@ def run_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, step
     model = build_model(cfg, method, device, dt, lora_r=lora_r, lora_targets=lora_targets,
                         lora_compute_dtype=getattr(torch, lora_compute_dtype) if lora_compute_dtype else None)
     model.gradient_checkpointing = grad_ckpt
+    model.checkpoint_layers = ckpt_layers       # with grad_ckpt: the bottom layers checkpointed (None: all)
     model.loss_chunk_size = loss_chunk
     optimizer = None
     if method != "inference":

@@ -325,6 +325,7 @@ class MemoryEstimate:
     seq: int
     grad_ckpt: bool
     param_dtype: str
+    ckpt_layers: int | None = None                      # with grad_ckpt: the bottom layers checkpointed (None: all)
     weights: dict = field(default_factory=dict)         # label -> bytes
     gradients: int = 0                                  # all trainable parameters' .grad
     optimizer_states: int = 0                           # AdamW m and v, fp32
@@ -371,7 +372,7 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         return {"method": self.method, "model": self.model, "batch": self.batch, "seq": self.seq,
-                "grad_ckpt": self.grad_ckpt, "param_dtype": self.param_dtype,
+                "grad_ckpt": self.grad_ckpt, "ckpt_layers": self.ckpt_layers, "param_dtype": self.param_dtype,
                 "weights": dict(self.weights), "weights_total": self.weights_total,
                 "gradients": self.gradients, "optimizer_states": self.optimizer_states,
                 "master_weights": self.master_weights, "lora": dict(self.lora),
@@ -385,7 +386,9 @@ class MemoryEstimate:
 
     def table(self) -> str:
         rows = [f"memory estimate: {self.model} {self.method} batch {self.batch} x seq {self.seq}"
-                f"{' + grad ckpt' if self.grad_ckpt else ''} ({self.param_dtype} params)"
+                f"{' + grad ckpt' if self.grad_ckpt else ''}"
+                f"{f' ({self.ckpt_layers} bottom layers)' if self.grad_ckpt and self.ckpt_layers is not None else ''}"
+                f" ({self.param_dtype} params)"
                 + (f", per GPU of {self.world_size} ({self.strategy})" if self.world_size > 1 else "")]
         def line(label, b):
             rows.append(f"  {label:<44} {b / GB:>9.3f} GB")
@@ -515,8 +518,8 @@ def _weights(cfg, method, s, blocksize, double_quant, targets) -> "OrderedDict[s
 
 
 def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype: str = "bfloat16",
-             grad_ckpt: bool = False, lora_r: int = 16, lora_targets="all-linear",
-             adapter_dtype: str = "float32", lora_compute_dtype: str | None = None,
+             grad_ckpt: bool = False, ckpt_layers: int | None = None, lora_r: int = 16,
+             lora_targets="all-linear", adapter_dtype: str = "float32", lora_compute_dtype: str | None = None,
              master_weights: bool = False,
              optimizer_state_dtype: str = "float32", loss: str = "chunked", loss_chunk: int = 1024,
              blocksize: int = 64, double_quant: bool = True, kv_cache_len: int | None = None,
@@ -551,6 +554,9 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     world_size, strategy: one GPU's peak in a torchrun job of world_size processes, batch per GPU
       (minift/distributed.py): strategy "ddp" (adapters: every GPU holds the whole model) or
       "fsdp" (full training: parameters, gradients and AdamW states sharded). See `_per_gpu`.
+    ckpt_layers: with grad_ckpt, how many layers from the bottom are checkpointed (None: all; the
+      model's checkpoint_layers, Note: partial checkpointing in minift/model.py); the others keep
+      every activation, as without checkpointing.
     lora_dropout: the adapters' dropout rate. On CUDA each adapter keeps its dropped input and the
       dropout's mask (see _linear); on CPU/MPS LoRALinear recomputes the dropout in backward and
       keeps nothing more. fused_projections: q/k/v and gate/up fused (minift/fused_projections.py,
@@ -594,10 +600,17 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
         raise ValueError("qlora: the NF4 base computes in bf16 here (param_dtype='bfloat16'); "
                          "fp32 QLoRA is not a configuration minift measures")
     h, f, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    if ckpt_layers is not None:
+        if not grad_ckpt:
+            raise ValueError("ckpt_layers picks which layers are checkpointed; it needs grad_ckpt=True")
+        if isinstance(ckpt_layers, bool) or not isinstance(ckpt_layers, int) or not 0 <= ckpt_layers <= L:
+            raise ValueError(f"ckpt_layers must be an integer in [0, {L}] (the model's layers), got {ckpt_layers!r}")
+    K = (L if ckpt_layers is None else ckpt_layers) if grad_ckpt and method != "inference" else 0
     n = batch * seq
     targets = resolve_targets(lora_targets) if method in ADAPTER else ()
     est = MemoryEstimate(method=method, model=cfg.name_or_path or "custom", batch=batch, seq=seq,
-                         grad_ckpt=grad_ckpt and method != "inference", param_dtype=param_dtype)
+                         grad_ckpt=grad_ckpt and method != "inference", param_dtype=param_dtype,
+                         ckpt_layers=ckpt_layers if grad_ckpt and method != "inference" else None)
     est.weights = _weights(cfg, method, s, blocksize, double_quant, targets)
     W = est.weights_total
 
@@ -647,14 +660,12 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     _norm(fin, "final_norm", "last layer output", n, h, s, x_grad, method in TRAIN_BASE, triton)
     other.update(fin)
     head_trains = method in TRAIN_BASE
-    if grad_ckpt:
-        # Note: checkpointing keeps each layer's input (s*n*h; the checkpoint saves its arguments)
-        # and nothing inside; backward recomputes one layer at a time.
-        inputs = L * s * n * h
-        other[f"layer inputs kept by checkpointing ({L} x s*n*h)"] = inputs
-        saved_fwd = _sum(other)
-    else:
-        saved_fwd = _sum(other) + sum(_sum(l.saved) for l in layers)
+    if K:
+        # Note: checkpointing keeps each checkpointed layer's input (s*n*h; the checkpoint saves
+        # its arguments) and nothing inside; backward recomputes one layer at a time. The layers
+        # above the K checkpointed ones keep what they save.
+        other[f"layer inputs kept by checkpointing ({K} x s*n*h)"] = K * s * n * h
+    saved_fwd = _sum(other) + sum(_sum(l.saved) for l in layers[K:])
     est.activations_other = other
     est.activations = saved_fwd
 
@@ -698,18 +709,24 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     dh = s * n * h                                  # the gradient flowing down the residual stream
     last = layers[-1]
     if last.fwd_extra:
-        before = (saved_fwd - fin_saved - _sum(last.saved) + last.fwd_saved_at_peak) if not grad_ckpt \
+        before = (saved_fwd - fin_saved - _sum(last.saved) + last.fwd_saved_at_peak) if K < L \
             else (_sum(other) - fin_saved - s * n * h + last.fwd_saved_at_peak)
         est.phases["forward: top layer (LoRA up_proj / NF4 dequantize)"] = {
             **P, "activations": before, "forward temporaries": last.fwd_extra}
-    if not grad_ckpt:
+    if K < L:
         # the top layer's backward: every layer's saves still alive, the final norm's gone
         est.phases["backward: top layer"] = {
             **P, "activations": saved_fwd - fin_saved, "layer bwd temporaries": last.bwd_extra,
             "grads so far": d_head + g_layer[-1] + s * h * head_trains}
-    else:
-        base = _sum(other) - fin_saved - L * s * n * h
-        for i in (L - 1, 0):
+    if 0 < K < L - 1:
+        # the lowest layer that kept its activations: those above it freed, more gradients made
+        est.phases[f"backward: layer {K}, the lowest not checkpointed"] = {
+            **P, "activations": saved_fwd - fin_saved - sum(_sum(l.saved) for l in layers[K + 1:]),
+            "layer bwd temporaries": layers[K].bwd_extra, "grads so far": d_head + sum(g_layer[K:]) + s * h * head_trains}
+    if K:
+        # the non-checkpointed layers above are done: their saves are freed
+        base = _sum(other) - fin_saved - K * s * n * h
+        for i in sorted({K - 1, 0}, reverse=True):
             lay = layers[i]
             inside = _sum(lay.saved) - lay.saved.get("input", 0)   # the input is already counted
             est.phases[f"backward: layer {i} recomputed"] = {

@@ -206,6 +206,10 @@ class Transformer(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight  # one tensor, two names
         self.gradient_checkpointing = False
+        # With checkpointing on: how many layers, counted from the bottom, are checkpointed (None:
+        # all). The others keep their activations: less recompute for more memory (Note: partial
+        # checkpointing).
+        self.checkpoint_layers: int | None = None
         self.loss_chunk_size = 1024  # tokens per chunk of the fused head + loss (Note: chunked loss)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
@@ -255,8 +259,13 @@ class Transformer(nn.Module):
         # the recomputation; without active dropout it is skipped (it would also read the CUDA RNG
         # state, which is not allowed while a CUDA graph is being captured: minift/cuda_graph.py).
         keep_rng = ckpt and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.model.layers.modules())
-        for layer in self.model.layers:
-            if ckpt:
+        # Note: partial checkpointing. The bottom layers are the checkpointed ones: backward reaches
+        # them last, when the top layers' saved activations are already freed, so a recompute
+        # never runs beside them (torchtune's selective checkpointing picks every k-th layer
+        # instead; for the peak, the bottom is the better place).
+        checkpointed = len(self.model.layers) if self.checkpoint_layers is None else self.checkpoint_layers
+        for i, layer in enumerate(self.model.layers):
+            if ckpt and i < checkpointed:
                 # Note: gradient checkpointing keeps only each layer's input and recomputes the rest
                 # in backward: activations fall from ~tens of sbh bytes per layer to 2sbh.
                 x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False, preserve_rng_state=keep_rng)

@@ -94,6 +94,8 @@ class TrainConfig:
     precision: str = "fp32"              # "fp32" | "bf16-autocast" (fp32 params, bf16 compute) | "bf16" (bf16 params)
     master_weights: bool = False         # precision "bf16" only: fp32 master copy of each bf16 param (optim.py Note)
     grad_checkpointing: bool = False     # sets model.gradient_checkpointing
+    checkpoint_layers: int | None = None # with grad_checkpointing: checkpoint only the bottom this many layers
+                                         # (None: all); the rest keep their activations (faster, more memory)
     eval_every: int = 0                  # steps between evaluations (0: only at the end, when val_batches is given)
     eval_batches: int | None = 20        # batches per evaluation (None: the whole val set)
     save_every: int = 0                  # steps between checkpoints (0: only at the end, when out_dir is set)
@@ -124,6 +126,14 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         self.betas = tuple(self.betas)
+        if self.checkpoint_layers is not None:
+            if not self.grad_checkpointing:
+                raise ValueError("TrainConfig.checkpoint_layers picks which layers are checkpointed; it needs "
+                                 "grad_checkpointing=True")
+            if isinstance(self.checkpoint_layers, bool) or not isinstance(self.checkpoint_layers, int) \
+                    or self.checkpoint_layers < 0:
+                raise ValueError(f"TrainConfig.checkpoint_layers must be an integer >= 0 (or None: all layers), "
+                                 f"got {self.checkpoint_layers!r}")
         if self.cuda_graph and self.grad_accum != 1:
             raise ValueError("TrainConfig.cuda_graph replays one micro-batch's backward, which overwrites the "
                              f"gradients; it needs grad_accum=1 (got {self.grad_accum}): raise the batch size instead")
@@ -176,7 +186,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
     scale = distributed.loss_scale(strategy)   # FSDP averages over ranks: x N makes it the sum
     names = _trainable_names(model)
     _check_precision(cfg, names, device)
-    _set_grad_checkpointing(model, cfg.grad_checkpointing)
+    _set_grad_checkpointing(model, cfg.grad_checkpointing, cfg.checkpoint_layers)
 
     optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                       master_weights=cfg.master_weights)
@@ -685,8 +695,16 @@ def _check_precision(cfg: TrainConfig, names: dict, device: torch.device) -> Non
         raise ValueError(f"precision={cfg.precision!r} needs bf16, which {device} does not run; use 'fp32'")
 
 
-def _set_grad_checkpointing(model: nn.Module, on: bool) -> None:
-    if hasattr(model, "gradient_checkpointing"):
-        model.gradient_checkpointing = on
-    elif on:
-        raise ValueError(f"grad_checkpointing=True, but {type(model).__name__} has no gradient_checkpointing flag")
+def _set_grad_checkpointing(model: nn.Module, on: bool, layers: int | None = None) -> None:
+    if not hasattr(model, "gradient_checkpointing"):
+        if on:
+            raise ValueError(f"grad_checkpointing=True, but {type(model).__name__} has no gradient_checkpointing flag")
+        return
+    model.gradient_checkpointing = on
+    if not hasattr(model, "checkpoint_layers"):
+        if layers is not None:
+            raise ValueError(f"checkpoint_layers={layers}, but {type(model).__name__} has no checkpoint_layers setting")
+        return
+    if layers is not None and layers > len(model.model.layers):
+        raise ValueError(f"TrainConfig.checkpoint_layers={layers}, but the model has {len(model.model.layers)} layers")
+    model.checkpoint_layers = layers

@@ -18,6 +18,13 @@ world_size=N, strategy=...). Rows (most important first; --budget-s skips what w
   0.5b-full   0.5B full SFT as 7b-full, on 1 and 2 GPUs, and the anchor on 1 and 2.
               Target: scaling above the anchor's (1.31x measured 2026-11-30).
   14b-full    14B full SFT as 7b-full, 2 GPUs.   Target: runs, peak predicted within 5%.
+  7b-full-fit 7b-full with only as many bottom layers checkpointed as 57 GB per GPU needs (60 GB less
+              the 5% the prediction may miss by; decide.fewest_checkpointed_layers picks them, the rest
+              are not recomputed), 2 GPUs, and the anchor.   Targets as 7b-full.
+  7b-full-1   7B full SFT on one GPU, three ways: every layer checkpointed; the fewest checkpointed
+              layers that keep that peak (one GPU's peak is the optimizer step, not the backward);
+              none. And the anchor on one GPU.   Target: each peak predicted within 5%.
+  0.5b-full-1 0.5B full SFT on one GPU without checkpointing (it fits 10 GB).
 
 Writes <out>/bench_distributed.json (every row as it finishes) and prints a markdown table. Exits
 non-zero when a row fails or misses a target (the JSON says which).
@@ -36,12 +43,18 @@ ANCHOR = os.path.join(HERE, "anchor_fsdp.py")
 COMM_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 ANCHOR_1311 = {"0.5B": {1: 19418, 2: 25383}, "7B": {1: 7152, 2: 14171}}   # issue 13, measured 2026-11-30
 
-# name: (preset, method, per-GPU batch, seq, grad_ckpt, mode, world sizes, anchor size or None)
+# name: (preset, method, per-GPU batch, seq, checkpointing settings, mode, world sizes, anchor size or None).
+# A checkpointing setting: True (every layer), False (none), or ("fit", GB): the fewest bottom layers that
+# keep the predicted per-GPU peak within GB ("fit", None: within the peak of checkpointing every layer).
+# Each setting is one launch per world size; the first is the row's headline (scaling, anchor ratio).
 ROWS = {
-    "7b-full": ("qwen2.5-7b", "full", 4, 1024, True, "plain", (2,), "7B"),
-    "0.5b-lora": ("qwen2.5-0.5b", "lora", 4, 1024, False, "compile+graph", (1, 2), None),
-    "0.5b-full": ("qwen2.5-0.5b", "full", 4, 1024, True, "plain", (1, 2), "0.5B"),
-    "14b-full": ("qwen2.5-14b", "full", 4, 1024, True, "plain", (2,), None),
+    "7b-full": ("qwen2.5-7b", "full", 4, 1024, (True,), "plain", (2,), "7B"),
+    "0.5b-lora": ("qwen2.5-0.5b", "lora", 4, 1024, (False,), "compile+graph", (1, 2), None),
+    "0.5b-full": ("qwen2.5-0.5b", "full", 4, 1024, (True,), "plain", (1, 2), "0.5B"),
+    "14b-full": ("qwen2.5-14b", "full", 4, 1024, (True,), "plain", (2,), None),
+    "7b-full-fit": ("qwen2.5-7b", "full", 4, 1024, (("fit", 57),), "plain", (2,), "7B"),
+    "7b-full-1": ("qwen2.5-7b", "full", 4, 1024, (True, ("fit", None), False), "plain", (1,), "7B"),
+    "0.5b-full-1": ("qwen2.5-0.5b", "full", 4, 1024, (False,), "plain", (1,), None),
 }
 
 
@@ -72,19 +85,19 @@ def worker(spec: dict) -> None:
     events = []
     result = train(model, Batches(rows, B, shuffle=False, device=device), None, TrainConfig(
         steps=steps, lr=1e-5, weight_decay=0.0, clip=1.0, precision="fp32" if lora else ("bf16" if dtype == torch.bfloat16 else "fp32"),
-        grad_checkpointing=spec["grad_ckpt"], cuda_graph="graph" in spec["mode"] and device.type == "cuda",
+        grad_checkpointing=spec["grad_ckpt"], checkpoint_layers=spec["ckpt_layers"], cuda_graph="graph" in spec["mode"] and device.type == "cuda",
         progress=False, log_every=0), callbacks=[events.append])
     if not distributed.is_main():
         return
     per_step = [e["tokens_per_s"] for e in events if e["kind"] == "train"][spec["warmup"]:]
     tok_s = sorted(per_step)[len(per_step) // 2]
-    est = memory.estimate(cfg, spec["method"], B, T, grad_ckpt=spec["grad_ckpt"],
+    est = memory.estimate(cfg, spec["method"], B, T, grad_ckpt=spec["grad_ckpt"], ckpt_layers=spec["ckpt_layers"],
                           param_dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
                           lora_compute_dtype="bfloat16" if (lora and device.type == "cuda") else None,
                           device=device.type, world_size=world,
                           strategy=None if world == 1 else ("ddp" if lora else "fsdp"))
     fpt = flops.flops_per_token(cfg, spec["method"], T, grad_ckpt=spec["grad_ckpt"]).model
-    print(json.dumps({"side": "minift", "world": world, "tok_per_s": tok_s, "per_step_tok_per_s": per_step,
+    print(json.dumps({"side": "minift", "world": world, "ckpt_layers": spec["ckpt_layers"], "tok_per_s": tok_s, "per_step_tok_per_s": per_step,
                       "peak_bytes": result.peak_memory_bytes, "predicted_bytes": est.total,
                       "predicted_phase": est.peak_phase, "mfu_per_gpu": tok_s * fpt / world / flops.H200_BF16_FLOPS,
                       "losses": result.losses}), flush=True)
@@ -126,14 +139,35 @@ def launch(nproc: int, argv: list[str], timeout: float) -> dict:
     return out
 
 
+def checkpointed_layers(ckpt, preset: str, method: str, B: int, T: int, world: int, overrides) -> tuple[bool, int | None]:
+    """(grad_ckpt, ckpt_layers) for a row's checkpointing setting (ROWS), on `world` GPUs."""
+    if ckpt is True or ckpt is False:
+        return ckpt, None
+    from minift import decide, memory
+    cfg = _config(preset, overrides)
+    kw = dict(world_size=world, strategy="fsdp") if world > 1 else {}
+    estimate = lambda k: memory.estimate(cfg, method, B, T, grad_ckpt=k > 0, ckpt_layers=k if k else None, **kw)  # noqa: E731
+    L = cfg.num_hidden_layers
+    budget = ckpt[1] * 1e9 if ckpt[1] is not None else estimate(L).total
+    k, _ = decide.fewest_checkpointed_layers(L, budget, estimate)
+    if k is None:
+        raise SystemExit(f"{preset} {method}: even every layer checkpointed needs more than {budget / 1e9:.1f} GB")
+    return k > 0, k if 0 < k < L else None
+
+
 def run_row(name: str, a) -> dict:
-    preset, method, B, T, ckpt, mode, worlds, anchor = ROWS[name]
-    spec = dict(preset=preset, method=method, batch=B, seq=T, grad_ckpt=ckpt, mode=mode, device=a.device,
-                steps=a.steps if mode == "plain" else a.steps + 4, warmup=2 if mode == "plain" else 6,
-                overrides=json.loads(a.overrides) if a.overrides else None)
-    row = {"row": name, "spec": spec, "minift": {}, "anchor": {}}
+    preset, method, B, T, ckpts, mode, worlds, anchor = ROWS[name]
+    overrides = json.loads(a.overrides) if a.overrides else None
+    row = {"row": name, "runs": [], "minift": {}, "anchor": {}}
     for w in worlds:
-        row["minift"][w] = launch(w, [__file__, "--worker", json.dumps(spec)], a.timeout)
+        for ckpt in ckpts:
+            grad_ckpt, layers = checkpointed_layers(ckpt, preset, method, B, T, w, overrides)
+            spec = dict(preset=preset, method=method, batch=B, seq=T, grad_ckpt=grad_ckpt, ckpt_layers=layers,
+                        mode=mode, device=a.device, steps=a.steps if mode == "plain" else a.steps + 4,
+                        warmup=2 if mode == "plain" else 6, overrides=overrides)
+            result = launch(w, [__file__, "--worker", json.dumps(spec)], a.timeout)
+            row["runs"].append({"world": w, "spec": spec, "minift": result})
+            row["minift"].setdefault(w, result)          # the row's first setting is its headline
         if anchor and not a.no_anchor:
             row["anchor"][w] = launch(w, [a.anchor, anchor], a.timeout)
     row["checks"] = checks(name, row)
@@ -145,11 +179,14 @@ def checks(name: str, row: dict) -> dict:
     m, an = row["minift"], row["anchor"]
     ok = lambda side, w: w in side and "error" not in side[w]  # noqa: E731
     out = {}
-    for w, r in m.items():
-        if "error" not in r and name in ("7b-full", "14b-full"):   # the rows whose target it is
-            out[f"peak predicted within 5% ({w} GPU)"] = (round(r["predicted_bytes"] / r["peak_bytes"] - 1, 4), "|x| <= 0.05",
-                                                         abs(r["predicted_bytes"] / r["peak_bytes"] - 1) <= 0.05)
-    if name == "7b-full" and ok(m, 2):
+    for run in row["runs"]:
+        r, w = run["minift"], run["world"]
+        if "error" not in r and r["peak_bytes"] is not None \
+                and name in ("7b-full", "14b-full", "7b-full-fit", "7b-full-1"):   # rows whose target it is (None: CPU)
+            what = f"{w} GPU, {_ckpt_name(run['spec'])}"
+            out[f"peak predicted within 5% ({what})"] = (round(r["predicted_bytes"] / r["peak_bytes"] - 1, 4),
+                                                        "|x| <= 0.05", abs(r["predicted_bytes"] / r["peak_bytes"] - 1) <= 0.05)
+    if name in ("7b-full", "7b-full-fit") and ok(m, 2) and m[2]["peak_bytes"] is not None:
         out["per-GPU peak <= 60 GB"] = (round(m[2]["peak_bytes"] / 1e9, 2), 60, m[2]["peak_bytes"] <= 60e9)
         if ok(an, 2):
             x = m[2]["tok_per_s"] / an[2]["tok_per_s_total"]
@@ -164,17 +201,24 @@ def checks(name: str, row: dict) -> dict:
     return out
 
 
+def _ckpt_name(spec: dict) -> str:
+    if not spec["grad_ckpt"]:
+        return "no checkpointing"
+    return "every layer checkpointed" if spec["ckpt_layers"] is None else f"{spec['ckpt_layers']} layers checkpointed"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| row | GPUs | minift tok/s | per-GPU peak GB (predicted) | MFU/GPU | anchor tok/s | anchor peak GB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | GPUs | checkpointing | minift tok/s | per-GPU peak GB (predicted) | MFU/GPU | anchor tok/s | "
+             "anchor peak GB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for w, m in r["minift"].items():
+        for run in r["runs"]:
+            w, m = run["world"], run["minift"]
             an = r["anchor"].get(w, {})
             if "error" in m:
-                lines.append(f"| {r['row']} | {w} | error: {m['error'][:80]} | | | | |")
+                lines.append(f"| {r['row']} | {w} | {_ckpt_name(run['spec'])} | error: {m['error'][:80]} | | | | |")
                 continue
             peak = f"{m['peak_bytes'] / 1e9:.2f}" if m["peak_bytes"] is not None else "-"   # None: a CPU smoke run
-            lines.append(f"| {r['row']} | {w} | {m['tok_per_s']:,.0f} | {peak} "
+            lines.append(f"| {r['row']} | {w} | {_ckpt_name(run['spec'])} | {m['tok_per_s']:,.0f} | {peak} "
                          f"({m['predicted_bytes'] / 1e9:.2f}) | {100 * m['mfu_per_gpu']:.1f}% | "
                          f"{an.get('tok_per_s_total', '-') if 'error' not in an else 'error'} | "
                          f"{an.get('max_per_gpu_peak_GB', '-') if 'error' not in an else an['error'][:60]} |")
@@ -215,8 +259,10 @@ def main():
         with open(path, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
     print(table([r for r in rows if "minift" in r]))
-    failed = [f"{r['row']}: {w}: {m['error']}" for r in rows if "minift" in r
-              for side in ("minift", "anchor") for w, m in r[side].items() if "error" in m]
+    failed = [f"{r['row']}: {run['world']}: {run['minift']['error']}" for r in rows if "runs" in r
+              for run in r["runs"] if "error" in run["minift"]]
+    failed += [f"{r['row']}: anchor {w}: {m['error']}" for r in rows if "anchor" in r
+               for w, m in r["anchor"].items() if "error" in m]
     missed = [f"{r['row']}: {k} = {v[0]} (target {v[1]})" for r in rows if "checks" in r
               for k, v in r["checks"].items() if not v[2]]
     print(f"wrote {path}")

@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--seq-len", type=int)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing: less memory, ~30%% slower")
+    ap.add_argument("--ckpt-layers", type=int, metavar="N", help="checkpoint only the bottom N layers (implies "
+                    "--grad-ckpt): the others keep their activations, faster for more memory")
     ap.add_argument("--out", default="runs/lora-qwen")
     ap.add_argument("--merged", action="store_true", help="also save base + adapter merged, as plain HF weights")
     ap.add_argument("--device", default="auto")
@@ -124,7 +126,8 @@ def main():
         model=model_dir if embedded else (a.model or DEFAULT_MODEL), data=a.data, out_dir=a.out, method=a.method,
         r=pick("r"), alpha=pick("alpha"), dropout=pick("dropout"), targets=targets, lr=pick("lr"), steps=pick("steps"),
         epochs=a.epochs, max_examples=a.max_examples, batch_size=pick("batch_size"), seq_len=pick("seq_len"),
-        grad_accum=a.grad_accum, grad_ckpt=a.grad_ckpt, device=a.device, dtype=a.dtype, merged=a.merged,
+        grad_accum=a.grad_accum, grad_ckpt=a.grad_ckpt or a.ckpt_layers is not None,
+        ckpt_layers=a.ckpt_layers, device=a.device, dtype=a.dtype, merged=a.merged,
         seed=a.seed, progress=not a.no_progress, **fast_path.settings(a),
         upsample=TINY_UPSAMPLE if embedded else None,
         story_eval=a.story_eval,

@@ -244,7 +244,8 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
     procs = {name: subprocess.Popen([sys.executable, SCRIPT, *extra, *common, "--out", str(tmp_path / name)],
                                     cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, extra in (("named", ["--model", base, "--no-compile", "--no-cuda-graph", "--adapter-math",
-                                            "fp32", "--no-fused-projections"]), ("embedded", []))}
+                                            "fp32", "--no-fused-projections", "--ckpt-layers", "1"]),
+                                 ("embedded", []))}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, (name, err[-3000:])
@@ -278,6 +279,10 @@ def test_lora_qwen_script_runs_offline(base_and_pairs, tmp_path):
             assert rep["config"]["upsample"] == ["오래오래 행복하게 살았답니다", 4] and "data mix: " in out
         if name == "named":
             assert rep["config"]["upsample"] is None and "data mix" not in out
+            # --ckpt-layers 1 turned checkpointing on for the bottom layer alone
+            assert (rep["config"]["grad_ckpt"], rep["config"]["ckpt_layers"]) == (True, 1)
+        else:
+            assert (rep["config"]["grad_ckpt"], rep["config"]["ckpt_layers"]) == (False, None)
 
 
 def test_fit_seq_len_keeps_every_pair_whole(base_and_pairs):
@@ -298,6 +303,19 @@ def test_too_short_rows_are_a_clear_error(base_and_pairs, tmp_path):
                          device="cpu", dtype="float32", progress=False)
     with pytest.raises(ValueError, match="keeps an answer token at seq_len=24.*raise seq_len"):
         finetune(cfg, model_dir=base)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(ckpt_layers=1), r"ckpt_layers=1: .* with grad_ckpt on \(grad_ckpt=False\)"),
+    (dict(grad_ckpt=True, ckpt_layers=3), "ckpt_layers=3, but .* has 2 layers"),
+])
+def test_ckpt_layers_is_checked(base_and_pairs, tmp_path, kw, match):
+    base, pairs, _ = base_and_pairs
+    cfg = FinetuneConfig(model=base, data=pairs, out_dir=str(tmp_path), steps=1, batch_size=2, device="cpu",
+                         dtype="float32", progress=False, **kw)
+    with pytest.raises(ValueError, match=match):
+        finetune(cfg, model_dir=base)
+    assert not os.listdir(tmp_path)                  # refused before anything was written
 
 
 def test_resolve_base_falls_back_only_when_the_model_was_not_named(monkeypatch, tmp_path):

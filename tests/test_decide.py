@@ -175,3 +175,33 @@ def test_dataset_measured_in_qwen25_tokens_from_the_command_line(tmp_path):
     assert f"longest {max(lengths):,}" in step
     assert f"{sum(n > seq for n in lengths)} of 40 longer than seq_len={seq}" in step
     assert re.search(r"path: lora +method: lora +model: Qwen/Qwen2.5-0.5B-Instruct", proc.stdout)
+
+
+@pytest.mark.parametrize("preset,world", [("qwen2.5-1.5b", 1), ("qwen2.5-7b", 1), ("qwen2.5-7b", 2)])
+def test_fewest_checkpointed_layers_is_the_linear_scans_answer(preset, world):
+    """The bisection against trying every k (memory.estimate with k bottom layers checkpointed),
+    at budgets between no checkpointing and all of it."""
+    from minift import memory
+    from minift.config import ModelConfig
+    cfg = ModelConfig.preset(preset)
+    kw = dict(world_size=world, strategy="fsdp") if world > 1 else {}
+
+    def est(k):
+        return memory.estimate(cfg, "full", 4, 1024, grad_ckpt=k > 0, ckpt_layers=k if k else None, **kw)
+    L = cfg.num_hidden_layers
+    peaks = [est(k).total for k in range(L + 1)]
+    for budget in sorted({peaks[0], peaks[L], (peaks[0] + peaks[L]) / 2, peaks[L] + (peaks[0] - peaks[L]) / 5}):
+        want = next(k for k in range(L + 1) if peaks[k] <= budget)
+        k, e = D.fewest_checkpointed_layers(L, budget, est)
+        assert (k, e.total) == (want, peaks[want]), budget
+    assert D.fewest_checkpointed_layers(L, min(peaks) - 1, est) == (None, None)
+
+
+def test_one_gpu_full_sft_checkpoints_only_the_layers_it_must():
+    # 1.5B full SFT on a 24 GB card: all 28 layers checkpointed fit, but so do fewer, and the
+    # answer names how many (the rest are not recomputed: faster at the same budget)
+    d = run(data="20K pairs", memory_bytes="24GB", base_model="qwen2.5-1.5b")
+    k = dict(((n, m), c) for n, m, c, _ in d.fits)[("qwen2.5-1.5b", "full")]
+    assert 0 < k < 28
+    assert any(f"--ckpt-layers {k}" in s for s in d.steps), d.steps
+    assert any(f"full +ckpt {k}/28 layers" in s for s in d.steps)

@@ -115,6 +115,32 @@ def test_saved_activations_equal_autograd(dtype, method, ckpt):
     assert abs(real - expect) <= 8, (real, expect)
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("ckpt_layers", [0, 1, 2, 3])
+def test_partial_checkpointing_saves_what_autograd_saves(method, ckpt_layers):
+    """Checkpointing only the bottom k of 3 layers: those keep their input, the others everything
+    they save (the same tensors: same tolerance as above)."""
+    from minift import lora
+    cfg = ModelConfig(**dict(TINY, num_hidden_layers=3))
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    if method == "lora":
+        lora.add_lora(model, r=8)
+    model.gradient_checkpointing, model.checkpoint_layers = True, ckpt_layers
+    B, T = 2, 32
+    real = saved_for_backward(model, torch.randint(0, 1000, (B, T)), torch.randint(0, 1000, (B, T)))
+    est = memory.estimate(cfg, method, B, T, param_dtype="float32", grad_ckpt=True, ckpt_layers=ckpt_layers,
+                          lora_r=8, device="cpu")
+    loss_saved = B * T * cfg.hidden_size * 4 + (cfg.vocab_size * cfg.hidden_size * 4 if method == "full" else 0)
+    expect = est.activations - 2 * 8 * B * T + (8 * B * T if method == "full" else 0) + loss_saved
+    assert abs(real - expect) <= 8, (real, expect)
+    # the ends agree with the two settings they generalise
+    if ckpt_layers in (0, 3):
+        same = memory.estimate(cfg, method, B, T, param_dtype="float32", grad_ckpt=ckpt_layers == 3, lora_r=8,
+                               device="cpu")
+        assert est.activations == same.activations
+
+
 def saved_for_backward(model, *args, **kwargs) -> int:
     """Bytes of every storage autograd keeps for backward in model(*args, **kwargs), each storage
     once, the model's own parameters and buffers left out (saved_tensors_hooks)."""
@@ -236,6 +262,41 @@ def test_peak_matches_the_cpu_allocator(kw, method, dtype, ckpt, B, T, chunk, tw
                                  f"({100 * err:+.2f}%, peak phase {est.peak_phase})"
 
 
+# Partial checkpointing (model.checkpoint_layers): k bottom layers of 3 checkpointed. The peak
+# moves between the top layer's backward (every saved activation alive), the lowest saved layer's
+# and the recomputed ones'.
+PARTIAL_CASES = [
+    (BIG_F, "full", "bfloat16", 1, 4, 256, 256),
+    (BIG_F, "full", "bfloat16", 2, 4, 256, 256),
+    (BIG_F, "lora", "bfloat16", 1, 4, 256, 256),
+    (BIG_V, "lora", "float32", 2, 4, 128, 512),
+    (BIG_F, "qlora", "bfloat16", 1, 4, 256, 256),
+]
+
+
+@pytest.mark.parametrize("kw,method,dtype,ckpt_layers,B,T,chunk", PARTIAL_CASES)
+def test_partial_checkpointing_peak_matches_the_cpu_allocator(kw, method, dtype, ckpt_layers, B, T, chunk,
+                                                              two_cpu_threads):
+    """As test_peak_matches_the_cpu_allocator (same measurement, same -1% .. +5% and why)."""
+    cfg = ModelConfig(**kw)
+    m = measure.run_training_steps(cfg, method, B, T, steps=2, dtype=dtype, grad_ckpt=True, lora_r=8,
+                                   loss_chunk=chunk, ckpt_layers=ckpt_layers)
+    est = memory.estimate(cfg, method, B, T, param_dtype=dtype, grad_ckpt=True, ckpt_layers=ckpt_layers, lora_r=8,
+                          loss_chunk=chunk, device="cpu")
+    err = (est.total - m.peak) / m.peak
+    assert -0.01 <= err <= 0.05, f"{method} {dtype} ckpt_layers={ckpt_layers}: predicted {est.total}, " \
+                                 f"measured {m.peak} ({100 * err:+.2f}%, peak phase {est.peak_phase})"
+
+
+def test_ckpt_layers_is_checked():
+    cfg = ModelConfig(**TINY)
+    with pytest.raises(ValueError, match="needs grad_ckpt=True"):
+        memory.estimate(cfg, "full", 1, 8, ckpt_layers=1)
+    for bad in (-1, 3, True, 1.5):
+        with pytest.raises(ValueError, match=r"ckpt_layers must be an integer in \[0, 2\]"):
+            memory.estimate(cfg, "full", 1, 8, grad_ckpt=True, ckpt_layers=bad)
+
+
 def test_foreach_adamw_step_transient_is_exact():
     cfg = ModelConfig(vocab_size=4000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False)
@@ -300,6 +361,8 @@ def test_flops_per_token():
     assert lora.model == 4 * N + 6 * 8_798_208 + attn
     ck = flops.flops_per_token(cfg, "full", 1024, grad_ckpt=True, chunked_loss=False)
     assert ck.model == full.model and ck.hardware == full.model + 2 * mp["layers"] + attn // 3
+    part = flops.flops_per_token(cfg, "full", 1024, grad_ckpt=True, ckpt_layers=6, chunked_loss=False)
+    assert part.model == full.model and part.hardware == pytest.approx(full.model + (2 * mp["layers"] + attn // 3) / 4)
     # anchors.md: HF+peft LoRA on 0.5B at 22,762 tok/s is "6% of" the H200's 790 TFLOP/s limit
     assert 0.05 < flops.mfu(cfg, "lora", 22_762) < 0.08
     assert flops.training_time(cfg, "lora", 3600 * 1000, tokens_per_s=1000) == pytest.approx(1.0)

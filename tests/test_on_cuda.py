@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from test_capstone import SCRIPT, base_and_pairs  # noqa: F401 - the fixture, reused
-from test_memory import CASES, TINY, bf16_lora_model, saved_for_backward
+from test_memory import CASES, PARTIAL_CASES, TINY, bf16_lora_model, saved_for_backward
 
 from minift import ModelConfig, measure, memory
 
@@ -65,16 +65,26 @@ def test_peak_matches_the_cuda_allocator(kw, method, dtype, ckpt, B, T, chunk):
     and stream: 32 MiB each on Hopper, one for the forward's thread and one for autograd's backward
     thread) is not the job's and not predicted (minift/memory.py's Note): the same step runs once
     on a two-layer toy first, and run_training_steps counts what the steps add on top."""
+    _check_cuda_peak(kw, method, dtype, ckpt, None, B, T, chunk)
+
+
+@pytest.mark.parametrize("kw,method,dtype,ckpt_layers,B,T,chunk", PARTIAL_CASES)
+def test_partial_checkpointing_peak_matches_the_cuda_allocator(kw, method, dtype, ckpt_layers, B, T, chunk):
+    """test_memory.py's partial checkpointing cases, as the test above."""
+    _check_cuda_peak(kw, method, dtype, True, ckpt_layers, B, T, chunk)
+
+
+def _check_cuda_peak(kw, method, dtype, ckpt, ckpt_layers, B, T, chunk):
     cfg = ModelConfig(**kw)
     toy = ModelConfig(**dict(kw, num_hidden_layers=2))
     measure.run_training_steps(toy, method, 1, 16, steps=1, device="cuda", dtype=dtype, grad_ckpt=ckpt, lora_r=8,
                                loss_chunk=chunk)
     torch.cuda.empty_cache()
     m = measure.run_training_steps(cfg, method, B, T, steps=2, device="cuda", dtype=dtype, grad_ckpt=ckpt,
-                                   lora_r=8, loss_chunk=chunk)
-    est = memory.estimate(cfg, method, B, T, param_dtype=dtype, grad_ckpt=ckpt, lora_r=8, loss_chunk=chunk,
-                          device="cuda")
-    what = f"{method} {dtype} ckpt={ckpt}: predicted {est.total}, peak phase {est.peak_phase}"
+                                   lora_r=8, loss_chunk=chunk, ckpt_layers=ckpt_layers)
+    est = memory.estimate(cfg, method, B, T, param_dtype=dtype, grad_ckpt=ckpt, ckpt_layers=ckpt_layers, lora_r=8,
+                          loss_chunk=chunk, device="cuda")
+    what = f"{method} {dtype} ckpt={ckpt} ckpt_layers={ckpt_layers}: predicted {est.total}, peak phase {est.peak_phase}"
     assert m.peak_requested is not None, "torch.cuda.memory_stats() has no requested_bytes (torch < 2.1)"
     assert m.peak_requested <= m.peak, (m.peak_requested, m.peak)
     err = (est.total - m.peak_requested) / m.peak_requested

@@ -71,7 +71,7 @@ def runs(tmp_path_factory, tiny_dir):
     corpus.write_text("\n\n".join(fairytales.generate_stories(12, seed=4)), encoding="utf-8")
     r.start("cpt", [script("continue_pretraining.py"), "--model", tiny_dir, "--corpus", str(corpus), "--steps", "3",
                     "--batch-size", "2", "--seq-len", "64", "--lr", "1e-2", "--device", "cpu", "--dtype", "float32",
-                    "--out", str(work / "cpt"), "--no-progress"], work)
+                    "--out", str(work / "cpt"), "--no-progress", "--ckpt-layers", "1"], work)
     r.start("fairytales", [script("make_fairytales.py"), "--n-pairs", "7", "--corpus-stories", "3", "--seed", "5",
                            "--out-dir", str(work / "data")], work)
     r.work = work

@@ -393,6 +393,35 @@ def test_grad_checkpointing_flag_is_set_and_same_losses():
     assert ckpt.losses == plain.losses  # recomputation gives the same forward, bit for bit on CPU
 
 
+def test_checkpoint_layers_recomputes_only_the_bottom_layers():
+    plain = train(make_model(), TinyBatches(), cfg=cfg(steps=3))
+    m = make_model()
+    part = train(m, TinyBatches(), cfg=cfg(steps=3, grad_checkpointing=True, checkpoint_layers=1))
+    assert (m.gradient_checkpointing, m.checkpoint_layers) == (True, 1)
+    assert part.losses == plain.losses
+    calls = [0] * len(m.model.layers)
+    for i, layer in enumerate(m.model.layers):
+        layer.register_forward_pre_hook(lambda mod, args, i=i: calls.__setitem__(i, calls[i] + 1))
+    m.train()
+    m(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))).backward()
+    assert calls == [2] + [1] * (len(calls) - 1)          # layer 0 ran again in backward, the rest did not
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(checkpoint_layers=1), "needs grad_checkpointing=True"),
+    (dict(grad_checkpointing=True, checkpoint_layers=-1), "integer >= 0"),
+    (dict(grad_checkpointing=True, checkpoint_layers=True), "integer >= 0"),
+])
+def test_checkpoint_layers_is_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        cfg(steps=1, **kw)
+
+
+def test_checkpoint_layers_above_the_model_is_an_error():
+    with pytest.raises(ValueError, match="checkpoint_layers=9, but the model has 2 layers"):
+        train(make_model(), TinyBatches(), cfg=cfg(steps=1, grad_checkpointing=True, checkpoint_layers=9))
+
+
 def test_failure_point_warnings():
     cpt = failure_point_warnings("cpt", "Qwen/Qwen2.5-0.5B-Instruct")
     assert len(cpt) == 1 and "base model" in cpt[0]
