@@ -445,13 +445,17 @@ def _optimizer_step_transient(numels: list[int], s: int, master: bool) -> int:
     return best
 
 
-def _optimizer_foreach_transient(cfg, method, numels, s, master, r, targets) -> int:
+def _optimizer_foreach_transient(cfg, method, numels, s, master, r, targets, fused: bool) -> int:
     """minift.optim.AdamW._step_foreach: per param group, fp32 lists for all its tensors at once:
     ws (p.float(): 4 B/elem unless fp32 or master), gs (grad.float(): 4 B unless fp32) and
     denom (_foreach_sqrt(v): 4 B). The groups (param_groups: matrices, then vectors) run one
     after the other, each cut by optim.foreach_slices into slices of at most FOREACH_SLICE
-    elements, so bf16 full fine-tuning holds 12 B per element of one slice, not of the model."""
-    from minift.optim import foreach_slices
+    elements, so bf16 full fine-tuning holds 12 B per element of one slice, not of the model.
+    fused (Triton, CUDA): tensors of FUSED_MIN_NUMEL elements or more take kernels/adamw.py
+    instead, which makes no temporaries; only the rest go through the lists."""
+    from minift.optim import FUSED_MIN_NUMEL, foreach_slices
+    if fused:
+        numels = [0 if n >= FUSED_MIN_NUMEL else n for n in numels]   # zeros keep the groups' split
     w_b = 0 if (s == 4 or master) else 4
     g_b = 0 if s == 4 else 4
     n_mat = _n_matrices(cfg, method, r, targets)
@@ -639,7 +643,8 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
             persistent["master weights (fp32)"] = master
     if foreach == "auto":
         foreach = device == "cuda"          # minift.optim.AdamW: foreach=None means on for CUDA
-    est.optimizer_transient = (_optimizer_foreach_transient(cfg, method, numels, ts, bool(master), lora_r, lora_targets)
+    est.optimizer_transient = (_optimizer_foreach_transient(cfg, method, numels, ts, bool(master), lora_r, lora_targets,
+                                                            fused=triton)
                                if foreach else _optimizer_step_transient(numels, ts, bool(master)))
 
     # ------------------------------------------------------------------ activations
@@ -753,7 +758,7 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
                                              s * V * h if cfg.tie_word_embeddings else 0, "d hidden": dh}
     est.phases["optimizer step"] = {**P, "grads": grads, "AdamW temporaries": est.optimizer_transient}
     if world_size > 1:
-        _per_gpu(est, cfg, method, strategy, world_size, s, numels, d_head, bool(master), foreach,
+        _per_gpu(est, cfg, method, strategy, world_size, s, numels, d_head, bool(master), foreach, triton,
                  lora_r, lora_targets)
     if load is not None or save is not None:
         _add_job_phases(est, cfg, method, s, a, n_train, load, checkpoint_dtype, save, device, process,
@@ -762,7 +767,7 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
 
 
 # ====================================================================== one GPU of several
-def _per_gpu(est, cfg, method, strategy, W, s, numels, d_head, master, foreach, r, targets) -> None:
+def _per_gpu(est, cfg, method, strategy, W, s, numels, d_head, master, foreach, triton, r, targets) -> None:
     """Turn the one-GPU phases into one GPU's of a W-process job (minift/distributed.py), in place.
 
     "ddp" (adapters): every GPU holds what one GPU holds, with its per-GPU batch. New: the step's
@@ -838,7 +843,7 @@ def _per_gpu(est, cfg, method, strategy, W, s, numels, d_head, master, foreach, 
         **persistent, "grads (layer shards)": all_layers_grads, "root grads (full size)": d_root,
         "reduce-scatter input": d_root}
     local = [shard(k) for k in numels]
-    transient = (_optimizer_foreach_transient(cfg, method, local, s, master, r, targets) if foreach
+    transient = (_optimizer_foreach_transient(cfg, method, local, s, master, r, targets, fused=triton) if foreach
                  else _optimizer_step_transient(local, s, master))
     phases["optimizer step"] = {**persistent, "grads (shards)": s * shards, "AdamW temporaries (local shards)": transient}
     est.phases = phases

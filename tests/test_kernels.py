@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from minift.kernels import cross_entropy, dispatch, linear_cross_entropy_fused as fused
-from minift.kernels import rmsnorm, rope, swiglu
+from minift.kernels import adamw, rmsnorm, rope, swiglu
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 HAVE_TRITON = dispatch.triton_available()
@@ -174,6 +174,41 @@ def test_dispatch_rules(monkeypatch):
     if HAVE_TRITON:
         monkeypatch.setenv("MINIFT_KERNELS", "triton")
         assert dispatch.use_triton(x, w)
+
+
+# --------------------------------------------------------------------------- AdamW's fused update
+
+ADAMW = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)   # lr large enough that bf16 params move
+
+
+def _adamw_case(dtype, master, n=3000, seed=0):
+    """A parameter, its fp32 m, v (and master), and 3 gradients; n = 3000 leaves the last block
+    of the kernel part-masked."""
+    g = _gen(seed)
+    p = torch.randn(n, generator=g).to(dtype)
+    grads = [torch.randn(n, generator=g).to(dtype) for _ in range(3)]
+    state = [torch.zeros(n), torch.zeros(n), p.float() if master else None]
+    return p, grads, state
+
+
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamw_reference_is_the_optimizers_loop(dtype, master, wd):
+    """kernels/adamw.py's reference, step by step, against minift.optim.AdamW's loop path: the
+    same ops in the same order, so the same bits."""
+    from minift.optim import AdamW
+    p, grads, (m, v, w) = _adamw_case(dtype, master)
+    param = torch.nn.Parameter(p.clone())
+    opt = AdamW([param], lr=ADAMW["lr"], betas=(ADAMW["beta1"], ADAMW["beta2"]), eps=ADAMW["eps"],
+                weight_decay=wd, master_weights=master, foreach=False)
+    for step, grad in enumerate(grads, start=1):
+        param.grad = grad.clone()
+        opt.step()
+        adamw.adamw_update_reference(p, grad, m, v, w, weight_decay=wd, step=step, **ADAMW)
+    st = opt.state[param]
+    assert torch.equal(param.data, p) and torch.equal(st["exp_avg"], m) and torch.equal(st["exp_avg_sq"], v)
+    if master:
+        assert torch.equal(st["master"], w)
 
 
 # =========================================================================== 2. fused linear + CE
@@ -485,3 +520,70 @@ def test_interp_tiny_model_with_triton_kernels(interpreter, monkeypatch):
     torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
     for n, grad in results["reference"][1].items():
         torch.testing.assert_close(results["triton"][1][n], grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def _last_bits(want: torch.Tensor) -> dict:
+    """fp32 results of the same operations, rounded differently (test_interp_adamw says why)."""
+    return dict(rtol=1e-6, atol=1e-6 * want.abs().max().item())
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True),
+                                          (torch.float16, False)])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_interp_adamw(interpreter, dtype, master, wd):
+    """The fused update against its reference, step by step from the same inputs (3 steps).
+    fp32 results (m, v, the master, an fp32 parameter) within 1e-6 of the tensor's largest value:
+    the same operations, but PyTorch's vectorised CPU lerp and addcmul fuse a multiply-add (one
+    rounding) where numpy here rounds twice, a last-bit difference of the operands (~1e-7 of the
+    largest), seen up to 2.2e-8 on m ~ 0.3 (kernels/adamw.py Note); a wrong formula or scalar
+    misses by orders more. A bf16 parameter within one bf16 step (2^-7 relative): the interpreter's
+    fp32 -> bf16 cast truncates where PyTorch rounds to nearest (TOL above), so an update smaller
+    than a step can be lost here and not there; fp16 rounds correctly here (one fp16 step)."""
+    p, grads, (m, v, w) = _adamw_case(dtype, master, seed=1)
+    start = p.clone()
+    for step, grad in enumerate(grads, start=1):
+        ref = [t.clone() if t is not None else None for t in (p, m, v, w)]
+        adamw.adamw_update_triton(p, grad, m, v, w, weight_decay=wd, step=step, **ADAMW)
+        adamw.adamw_update_reference(ref[0], grad, *ref[1:], weight_decay=wd, step=step, **ADAMW)
+        for got, want in ((m, ref[1]), (v, ref[2])) + (((w, ref[3]),) if master else ()):
+            torch.testing.assert_close(got, want, **_last_bits(want))
+        if dtype == torch.float32:
+            torch.testing.assert_close(p, ref[0], **_last_bits(ref[0]))
+        else:
+            one_step = {torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}[dtype]
+            torch.testing.assert_close(p, ref[0], rtol=one_step, atol=1e-9)
+        for mine, theirs in zip((p, m, v, w), ref):          # the next step starts from the same inputs
+            if mine is not None:
+                mine.copy_(theirs)
+    assert not torch.equal(p, start)                         # the parameter moved
+
+
+@needs_interpreter
+def test_interp_adamw_optimizer_takes_large_tensors(interpreter):
+    """minift.optim.AdamW's foreach path hands a tensor of FUSED_MIN_NUMEL elements or more to the
+    kernel (where dispatch runs Triton: here, the interpreter) and the small one to the lists;
+    both end where the loop path ends (tolerances as above)."""
+    from minift import optim
+    g = _gen(2)
+    big = torch.randn(optim.FUSED_MIN_NUMEL, generator=g).to(torch.bfloat16)
+    small = torch.randn(1000, generator=g).to(torch.bfloat16)
+    grads = [[torch.randn(t.shape, generator=g).to(torch.bfloat16) for t in (big, small)] for _ in range(2)]
+    runs = {}
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in (big, small)]
+        opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1, master_weights=True, foreach=foreach)
+        for gs in grads:
+            for p, gr in zip(params, gs):
+                p.grad = gr.clone()
+            opt.step()
+        runs[foreach] = (params, opt)
+    (fused_params, fused_opt), (loop_params, loop_opt) = runs[True], runs[False]
+    st = fused_opt.state[fused_params[0]]
+    assert optim.uses_fused_kernel(fused_params[0], fused_params[0].grad, st["exp_avg"], st["exp_avg_sq"], st["master"])
+    assert not optim.uses_fused_kernel(small, small, small.float(), small.float(), None)
+    for pf, pl in zip(fused_params, loop_params):
+        sf, sl = fused_opt.state[pf], loop_opt.state[pl]
+        for key in ("exp_avg", "exp_avg_sq", "master"):
+            torch.testing.assert_close(sf[key], sl[key], **_last_bits(sl[key]))
+        torch.testing.assert_close(pf.data, pl.data, rtol=2 ** -7, atol=1e-9)
