@@ -806,6 +806,58 @@ def distributed_after(bench, memory_py):
             f"({times(full05['2']['tok_per_s'] / full05['1']['tok_per_s'])} on 2 GPUs"]
 
 
+def _one_gpu_runs(bench):
+    """(row, checkpointing label, run, anchor) of a bench_distributed.py JSON's one-GPU runs."""
+    for row in bench["rows"]:
+        for run in row["runs"]:
+            spec = run["spec"]
+            label = ("none" if not spec["grad_ckpt"] else "every layer" if spec["ckpt_layers"] is None
+                     else f"bottom {spec['ckpt_layers']} of 28 layers")
+            yield row["row"], label, run["minift"], row["anchor"].get("1")
+
+
+def full_one_gpu(before, after):
+    rows = {}
+    for adamw, bench in (("foreach lists", before), ("fused kernel", after)):
+        for name, label, m, a in _one_gpu_runs(bench):
+            if name == "7b-full-1":
+                rows[(adamw, label)] = {
+                    "minift tok/s": tps(m["tok_per_s"]),
+                    "peak GB (predicted)": f"{gb(m['peak_bytes'])} ({gb(m['predicted_bytes'])})",
+                    "MFU": pct(m["mfu_per_gpu"]), "anchor tok/s": tps(a["tok_per_s_total"]),
+                    "anchor peak GB": f"{a['max_per_gpu_peak_GB']:.2f}",
+                    "speed x anchor": times(m["tok_per_s"] / a["tok_per_s_total"])}
+    return rows
+
+
+def full_one_gpu_after(adamw7, adamw05, after, before):
+    runs = {(name, label): m for name, label, m, _ in _one_gpu_runs(after)}
+    every, eight = runs[("7b-full-1", "every layer")], runs[("7b-full-1", "bottom 8 of 28 layers")]
+    ms = lambda j, key: f"{1e3 * next(r for k, r in j['rows'].items() if k.startswith(key))['s']:.1f} ms"  # noqa: E731
+    lists, fused, torch_fused = "minift foreach lists", "minift foreach + fused kernel from 1,048,576", "torch.optim"
+    fused7 = next(r for k, r in adamw7["rows"].items() if k.startswith(fused))
+    small = runs[("0.5b-full-1", "none")]
+    wander = [e for name, _, m, _ in _one_gpu_runs(before) if name == "0.5b-full-1" for e in m["per_step_tok_per_s"]]
+    return [f"{times(eight['tok_per_s'] / every['tok_per_s'])} at the same {gb(eight['peak_bytes'])} GB",
+            f"{ms(adamw7, lists)} as foreach lists, {ms(adamw7, fused)} with the kernel ({fused7['TB_per_s']:.2f} TB/s",
+            f"against {ms(adamw7, torch_fused)} for", f"For 0.5B it is {ms(adamw05, lists).replace(' ms', '')} against "
+            f"{ms(adamw05, fused)}, and torch's fused {ms(adamw05, torch_fused)}",
+            f"ran {tps(small['tok_per_s'])} tok/s at {gb(small['peak_bytes'])} GB",
+            f"({tps(min(wander))}-{tps(max(wander))} tok/s"]
+
+
+def not_yet_on_two_gpus(adamw7, before, after, memory_py):
+    from minift import memory
+    from minift.config import ModelConfig
+    ms = lambda key: f"{1e3 * next(r for k, r in adamw7['rows'].items() if k.startswith(key))['s']:.1f}"  # noqa: E731
+    every = {name + label: m for name, label, m, _ in _one_gpu_runs(before)}[("7b-full-1" + "every layer")]
+    eight = {name + label: m for name, label, m, _ in _one_gpu_runs(after)}[("7b-full-1" + "bottom 8 of 28 layers")]
+    fit = memory.estimate(ModelConfig.preset("qwen2.5-7b"), "full", 4, 1024, grad_ckpt=True, ckpt_layers=10,
+                          world_size=2, strategy="fsdp").total
+    return [f"from {ms('minift foreach lists')} to {ms('minift foreach + fused kernel from 1,048,576')} ms",
+            f"predicted {fit / 1e9:.1f} GB per GPU", f"from {tps(every['tok_per_s'])} to {tps(eight['tok_per_s'])} tok/s"]
+
+
 H200, CPU, MEMORY_PY = "results/h200/", "results/cpu/", "minift/memory.py"
 WHOLE_JOB_7B = H200 + "whole_job_7b_14b.json"
 GRID, QUICK = H200 + "memory_check.json", H200 + "memory_check_quick.json"
@@ -818,6 +870,8 @@ MOVE = (CPU + "decode_move_check/before_move_kernel_in_model.json",
         CPU + "decode_move_check/after_move_generate_swap.json")
 MATVEC, MATVEC_NOW = CPU + "bench_matvec.json", CPU + "decode_move_check/bench_matvec.json"
 DISTRIBUTED = H200 + "bench_distributed_x2.json"
+ONE_GPU = (H200 + "bench_distributed_1gpu_ckpt_layers.json", H200 + "bench_distributed_1gpu.json")
+ADAMW_7B, ADAMW_05B = H200 + "bench_adamw_qwen2.5-7b.json", H200 + "bench_adamw_qwen2.5-0.5b.json"
 PROFILES = tuple(H200 + f"profile_{row}.txt" for row in ("0.5b_lora_fast-compile", "0.5b_lora_fast-compile-graph",
                                                         "7b_qlora_fast-compile", "7b_qlora_fast-compile_bf16"))
 CHECKS = [   # in the order of the docs
@@ -873,6 +927,8 @@ CHECKS = [   # in the order of the docs
     Text("kernels intro", "docs/speed.md", (KERNELS,), kernels_intro),
     Table("kernels", "docs/speed.md", (KERNELS, XENT, H200 + "check_kernels_xent_recheck.json"), 2, speed_kernels),
     Text("kernels, after", "docs/speed.md", (XENT, KERNELS), kernels_after),
+    Table("full SFT on one GPU", "docs/speed.md", ONE_GPU, 2, full_one_gpu),
+    Text("full SFT on one GPU, after", "docs/speed.md", (ADAMW_7B, ADAMW_05B, ONE_GPU[1], ONE_GPU[0]), full_one_gpu_after),
     Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
     Text("capstone default", "docs/cpu.md", (CPU + "default_run_2026-12-01_sentence_rule/lora_qwen_default_report.json",),
          capstone),
@@ -894,6 +950,7 @@ CHECKS = [   # in the order of the docs
     Text("kernel warm-up", "docs/cpu.md", DECODE, warmup),
     Table("two H200s", "docs/distributed.md", (DISTRIBUTED,), 2, distributed),
     Text("two H200s, after", "docs/distributed.md", (DISTRIBUTED, MEMORY_PY), distributed_after),
+    Text("not yet on two GPUs", "docs/distributed.md", (ADAMW_7B, *ONE_GPU, MEMORY_PY), not_yet_on_two_gpus),
 ]
 
 
