@@ -66,14 +66,16 @@ def test_lora_recipe_under_torchrun_writes_what_one_process_writes(tiny_dir, tmp
 
 
 def test_continued_pretraining_under_torchrun_writes_what_one_process_writes(tiny_dir, tmp_path):
-    """scripts/continue_pretraining.py: every weight trains, sharded with FSDP2, saved in full."""
+    """scripts/continue_pretraining.py: every weight trains, sharded with FSDP2, saved in full. The two
+    ranks checkpoint their bottom layer (--ckpt-layers 1), one process none: recomputing a layer
+    must not change what is learned, sharded or not."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(fairytales.generate_stories(12, seed=4)), encoding="utf-8")
     common = ["--model", tiny_dir, "--corpus", str(corpus), "--steps", "3", "--seq-len", "64", "--lr", LR,
               "--device", "cpu", "--dtype", "float32", "--no-progress"]
     _run("continue_pretraining.py", [*common, "--batch-size", "2", "--out", str(tmp_path / "one")], tmp_path, ranks=1)
-    two = _run("continue_pretraining.py", [*common, "--batch-size", "1", "--out", str(tmp_path / "two")], tmp_path,
-               ranks=2)
+    two = _run("continue_pretraining.py", [*common, "--batch-size", "1", "--ckpt-layers", "1", "--out",
+                                           str(tmp_path / "two")], tmp_path, ranks=2)
     assert "torchrun: 2 processes, gloo backend" in two.stderr + two.stdout
     assert two.stdout.count("corpus:") == 1 and two.stdout.count("train loss") == 1   # rank 0 alone reports
     assert _files(tmp_path / "one") == _files(tmp_path / "two")
