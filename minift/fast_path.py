@@ -21,7 +21,9 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
   - the CUDA graph (minift/cuda_graph.py, TrainConfig.cuda_graph): on CUDA when every batch has
     one shape (packed rows do) and grad_accum is 1. With accumulation the graph is left off and
     the compiled layers stay (a replay overwrites gradients instead of adding to them); a last
-    short batch is dropped (drop_last) rather than turning the graph off. Off: --no-cuda-graph.
+    short batch is dropped (drop_last) rather than turning the graph off. Full training under
+    torchrun (FSDP2) leaves it off too: the shards are gathered and reduced by hooks between the
+    layers, which a replay would skip. Off: --no-cuda-graph.
   - fused projections (minift/fused_projections.py): LoRA on CUDA. q/k/v and gate/up of the
     frozen base as one matmul each, the adapters' A products stacked, one dropout mask per group.
     Not for QLoRA (NF4 bases are dequantized per projection) nor where every weight trains; not on
@@ -191,6 +193,10 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
         graph_lines.append("CUDA graph: off (--no-cuda-graph)")
     elif not cuda:
         graph_lines.append(f"CUDA graph: off on {device.type} (CUDA graphs are CUDA's)")
+    elif world_size > 1 and method not in ("lora", "qlora"):
+        graph_lines.append(f"CUDA graph: off on {world_size} ranks for full training (FSDP2 gathers and "
+                           f"reduce-scatters each layer's weights between the layers, from Python hooks a "
+                           f"graph cannot capture; the compiled layers stay)")
     elif grad_accum != 1:
         graph_lines.append(f"CUDA graph: off, because grad_accum={grad_accum}: a replay overwrites the "
                            f"gradients instead of adding to them (raise --batch-size and drop accumulation "
