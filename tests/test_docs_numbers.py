@@ -858,6 +858,16 @@ def not_yet_on_two_gpus(adamw7, before, after, memory_py):
             f"predicted {fit / 1e9:.1f} GB per GPU", f"from {tps(every['tok_per_s'])} to {tps(eight['tok_per_s'])} tok/s"]
 
 
+def cpt_recipe(job):
+    rows = job["rows"]
+    d, c = rows["defaults"], rows["compile"]
+    return [f"{job['steps']} steps of {job['batch']} x {job['seq']}", f"**{tps(d['tokens_per_s'])} tok/s**",
+            f"first step included ({d['first_step_s']} s, the graph's capture; steady step {d['steady_step_s']:.3f} s)",
+            f"{tps(rows['no-cuda-graph']['tokens_per_s'])} and {tps(rows['eager']['tokens_per_s'])} tok/s",
+            f"with `--compile` {tps(c['tokens_per_s'])} tok/s (first step {c['first_step_s']} s, steady step "
+            f"{c['steady_step_s']:.3f} s"]
+
+
 H200, CPU, MEMORY_PY = "results/h200/", "results/cpu/", "minift/memory.py"
 WHOLE_JOB_7B = H200 + "whole_job_7b_14b.json"
 GRID, QUICK = H200 + "memory_check.json", H200 + "memory_check_quick.json"
@@ -929,6 +939,7 @@ CHECKS = [   # in the order of the docs
     Text("kernels, after", "docs/speed.md", (XENT, KERNELS), kernels_after),
     Table("full SFT on one GPU", "docs/speed.md", ONE_GPU, 2, full_one_gpu),
     Text("full SFT on one GPU, after", "docs/speed.md", (ADAMW_7B, ADAMW_05B, ONE_GPU[1], ONE_GPU[0]), full_one_gpu_after),
+    Text("recipe, full training", "docs/speed.md", (H200 + "job_cpt_0.5b_2026-12-02/job_cpt.json",), cpt_recipe),
     Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
     Text("capstone default", "docs/cpu.md", (CPU + "default_run_2026-12-01_sentence_rule/lora_qwen_default_report.json",),
          capstone),
