@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import torch
 
@@ -146,7 +147,12 @@ class AdamWLaunch:
 
     def __init__(self, updates: list[tuple]):
         kinds: dict[tuple, list[tuple]] = {}
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
         for p, g, m, v, master in updates:
+            if interpreted and p.device.type != "cpu":
+                # Triton's CPU interpreter reads the table's addresses as host memory
+                raise ValueError(f"adamw.py: TRITON_INTERPRET=1 runs the kernel on the CPU; a tensor of shape "
+                                 f"{tuple(p.shape)} is on {p.device}")
             if not supported(p, g, m, v, master):
                 raise ValueError(f"adamw.py: p {tuple(p.shape)} {p.dtype}, grad {tuple(g.shape)} {g.dtype}, "
                                  f"m {m.dtype}, v {v.dtype}: need contiguous tensors of one shape, fp32 moments")

@@ -10,8 +10,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a directory for the results}
 mkdir -p "$OUT"
-B="tests/test_memory.py tests/test_evaluate.py tests/test_model_parity.py tests/test_memory_tracker.py tests/test_train.py tests/test_nf4.py tests/test_qlora.py tests/test_lora.py tests/test_scratch.py tests/test_optim.py tests/test_docs_numbers.py tests/test_bench.py tests/test_on_cuda.py tests/test_advice.py"
-C="tests/test_scripts.py tests/test_capstone.py tests/test_hub.py tests/test_distributed.py tests/test_tokenizer.py tests/test_decide.py tests/test_fairytales.py tests/test_matvec.py tests/test_checkpoint.py tests/test_generate.py tests/test_data.py tests/test_quant.py tests/test_fast_path.py tests/test_cuda_graph.py tests/test_load_quantized.py tests/test_kernels.py tests/test_packaging.py"
+B="tests/test_memory.py tests/test_evaluate.py tests/test_model_parity.py tests/test_memory_tracker.py tests/test_train.py tests/test_nf4.py tests/test_qlora.py tests/test_lora.py tests/test_scratch.py tests/test_optim.py tests/test_docs_numbers.py tests/test_bench.py tests/test_on_cuda.py tests/test_advice.py tests/test_fused_projections.py"
+C="tests/test_scripts.py tests/test_capstone.py tests/test_hub.py tests/test_distributed.py tests/test_tokenizer.py tests/test_decide.py tests/test_fairytales.py tests/test_matvec.py tests/test_checkpoint.py tests/test_generate.py tests/test_data.py tests/test_quant.py tests/test_fast_path.py tests/test_cuda_graph.py tests/test_load_quantized.py tests/test_kernels.py tests/test_packaging.py tests/test_torchrun.py"
 all=$(ls tests/test_*.py | sort); listed=$(echo tests/test_tour.py $B $C | tr ' ' '\n' | sort)
 if [ "$all" != "$listed" ]; then
   echo "the parts do not cover the suite (add new test files to B or C):"; diff <(echo "$all") <(echo "$listed"); exit 1

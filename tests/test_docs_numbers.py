@@ -858,6 +858,25 @@ def not_yet_on_two_gpus(adamw7, before, after, memory_py):
             f"predicted {fit / 1e9:.1f} GB per GPU", f"from {tps(every['tok_per_s'])} to {tps(eight['tok_per_s'])} tok/s"]
 
 
+def adamw_one_launch(full05, lora05, full7, chunked7):
+    ms = lambda j, key: f"{1e3 * next(r for k, r in j['rows'].items() if k.startswith(key))['s']:.1f}"  # noqa: E731
+    tb = lambda j, key: f"{next(r for k, r in j['rows'].items() if k.startswith(key))['TB_per_s']:.2f}"  # noqa: E731
+    lists, torch_fused = "minift foreach lists", "torch.optim"
+    fused = lambda m: f"minift foreach + fused kernel from {m:,} elements"  # noqa: E731
+    return [f"Qwen2.5-0.5B full {ms(full05, lists)} ms as lists, {ms(full05, fused(1048576))} ms from",
+            f"{ms(full05, fused(65536))} ms from 65,536, **{ms(full05, fused(1))} ms** from 1 ({tb(full05, fused(1))} TB/s)",
+            f"torch's fused {ms(full05, torch_fused)} ms",
+            f"{lora05['tensors']} tensors) {ms(lora05, lists)} ms as lists, **{ms(lora05, fused(1))}",
+            f"ms** from 1, torch's fused {ms(lora05, torch_fused)} ms; 7B {ms(full7, fused(1))} ms ({tb(full7, fused(1))} TB/s)",
+            f"ran the 7B step at {ms(chunked7, fused(1048576))} ms"]
+
+
+def cpt_recipe_one_launch(after, before):
+    a, b = after["rows"]["defaults"], before["rows"]["defaults"]
+    return [f"steady step **{a['steady_step_s']:.3f} s** against {b['steady_step_s']:.3f} s",
+            f"**{tps(a['tokens_per_s'])} tok/s** over the whole phase (its first step took {a['first_step_s']} s"]
+
+
 def cpt_recipe(job):
     rows = job["rows"]
     d, c = rows["defaults"], rows["compile"]
@@ -939,7 +958,12 @@ CHECKS = [   # in the order of the docs
     Text("kernels, after", "docs/speed.md", (XENT, KERNELS), kernels_after),
     Table("full SFT on one GPU", "docs/speed.md", ONE_GPU, 2, full_one_gpu),
     Text("full SFT on one GPU, after", "docs/speed.md", (ADAMW_7B, ADAMW_05B, ONE_GPU[1], ONE_GPU[0]), full_one_gpu_after),
+    Text("AdamW, one launch", "docs/speed.md", tuple(H200 + f"bench_adamw_qwen2.5-{n}.json" for n in (
+        "0.5b_full_one_launch", "0.5b_lora_one_launch", "7b_one_launch", "7b_chunked")), adamw_one_launch),
     Text("recipe, full training", "docs/speed.md", (H200 + "job_cpt_0.5b_2026-12-02/job_cpt.json",), cpt_recipe),
+    Text("recipe, full training, one launch", "docs/speed.md", (H200 + "job_cpt_0.5b_2026-12-02_one_launch/job_cpt.json",
+                                                                 H200 + "job_cpt_0.5b_2026-12-02/job_cpt.json"),
+         cpt_recipe_one_launch),
     Text("from scratch", "docs/cpu.md", (CPU + "train_tiny_report.json",), train_tiny),
     Text("capstone default", "docs/cpu.md", (CPU + "default_run_2026-12-01_sentence_rule/lora_qwen_default_report.json",),
          capstone),

@@ -610,6 +610,7 @@ def test_interp_adamw_on_fsdp2_shards(interpreter, tmp_path):
     One step: from the second on, the gradients come from weights that differ in the last bits,
     and where a gradient is near zero Adam's m / sqrt(v) turns that into differences of ~1%."""
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
     from minift import optim
@@ -620,7 +621,9 @@ def test_interp_adamw_on_fsdp2_shards(interpreter, tmp_path):
         sharded = torch.nn.Sequential(*(torch.nn.Linear(l.in_features, l.out_features, bias=False) for l in plain))
         sharded.load_state_dict(plain.state_dict())
         start = plain[0].weight.detach().clone()
-        fully_shard(sharded)
+        # a CPU mesh, as minift.distributed.prepare gives gloo: left to itself FSDP2 takes CUDA where
+        # there is one, and the interpreter cannot read a GPU's addresses from the kernel's table
+        fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
         x = torch.randn(4, 1024, generator=_gen(3))
         opts = [optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1, foreach=foreach)
                 for m, foreach in ((sharded, True), (plain, False))]
