@@ -128,10 +128,17 @@ else:
 
 def supported(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, master: torch.Tensor | None) -> bool:
     """The kernel reads every tensor as one flat run of elements: contiguous, one shape and device;
-    m, v (and master) fp32; p and g fp32, bf16 or fp16."""
+    m, v (and master) fp32; p and g fp32, bf16 or fp16. Under TRITON_INTERPRET=1 only CPU tensors:
+    the CPU interpreter reads the table's addresses as host memory."""
     ts = [p, g, m, v] + ([master] if master is not None else [])
+    if _interpreted() and p.device.type != "cpu":
+        return False
     return (triton is not None and all(t.is_contiguous() and t.shape == p.shape and t.device == p.device for t in ts)
             and all(t.dtype == torch.float32 for t in ts[2:]) and p.dtype in _TL_DTYPES and g.dtype in _TL_DTYPES)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def addresses(updates: list[tuple]) -> tuple[int, ...]:
@@ -147,10 +154,8 @@ class AdamWLaunch:
 
     def __init__(self, updates: list[tuple]):
         kinds: dict[tuple, list[tuple]] = {}
-        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
         for p, g, m, v, master in updates:
-            if interpreted and p.device.type != "cpu":
-                # Triton's CPU interpreter reads the table's addresses as host memory
+            if _interpreted() and p.device.type != "cpu":
                 raise ValueError(f"adamw.py: TRITON_INTERPRET=1 runs the kernel on the CPU; a tensor of shape "
                                  f"{tuple(p.shape)} is on {p.device}")
             if not supported(p, g, m, v, master):

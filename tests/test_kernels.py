@@ -602,6 +602,19 @@ def test_interp_adamw_many_tensors_in_one_launch(interpreter, monkeypatch):
 
 
 @needs_interpreter
+def test_interp_adamw_leaves_non_cpu_tensors_to_the_lists(interpreter):
+    """Under TRITON_INTERPRET=1 the kernel runs on the CPU and reads its table's addresses as host
+    memory, so a tensor elsewhere (here on the meta device; on a GPU host, a CUDA tensor) is not
+    supported (the optimizer's lists take it) and a launch built for it is refused by name."""
+    p = torch.empty(4096, device="meta")
+    m, v = torch.empty_like(p), torch.empty_like(p)
+    assert not adamw.supported(p, p, m, v, None)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1 runs the kernel on the CPU; a tensor of shape "
+                                         r"\(4096,\) is on meta"):
+        adamw.AdamWLaunch([(p, p, m, v, None)])
+
+
+@needs_interpreter
 def test_interp_adamw_on_fsdp2_shards(interpreter, tmp_path):
     """Under FSDP2 the optimizer sees DTensors; the kernel must update their local shards in place
     (minift/optim.py Note: shards). One gloo process (a world of 1) shards a model with fully_shard;
