@@ -190,10 +190,10 @@ class AdamW(torch.optim.Optimizer):
         takes (uses_fused_kernel); return the others. The launch and the choice of parameters are
         kept from the last step while every tensor is where it was then (kernels/adamw.py Note:
         one launch for many tensors), so a step's host work is a lookup, not a check per tensor."""
-        large = [p for p in params if _local(p).numel() >= FUSED_MIN_NUMEL]
-        if not large:
+        candidates = [p for p in params if _local(p).numel() >= FUSED_MIN_NUMEL]
+        if not candidates:
             return params
-        updates = [self._local_update(p) for p in large]
+        updates = [self._local_update(p) for p in candidates]
         from minift.kernels import adamw
         where = adamw.addresses(updates)
         kept = self._fused_launches.get(id(group))
@@ -205,7 +205,7 @@ class AdamW(torch.optim.Optimizer):
         if launch is not None:
             launch(lr=group["lr"], weight_decay=group["weight_decay"], beta1=group["betas"][0],
                    beta2=group["betas"][1], eps=group["eps"], step=t)
-        fused = {id(p) for p, take in zip(large, takes) if take}
+        fused = {id(p) for p, take in zip(candidates, takes) if take}
         return [p for p in params if id(p) not in fused]
 
     def _local_update(self, p: torch.Tensor) -> tuple:
