@@ -28,8 +28,10 @@ parameters, kept with the launch) and turns that tensor's addresses into typed p
 is then the per-tensor kernel's. (A table per 16,384-element chunk instead, each program looping
 over its chunk, took the 7B step from 42.4 to 60.9 ms: one block per program is kept.) AdamWLaunch builds the tables once for a list of tensors (they
 are checked then, not at every step) and is reused while the addresses stay the same (the states
-never move; gradients that persist between steps, as the CUDA graph's do, neither); the optimizer
-builds a new one when they move. A pointer's type is fixed when the kernel compiles, so a launch
+never move; gradients that persist between steps, as the CUDA graph's do, neither). When only
+gradients moved (a loop that sets them to None, FSDP2's reduce-scatter) `with_gradients` checks
+those and rebuilds the address table alone; when anything else moved the optimizer builds a new
+launch. A pointer's type is fixed when the kernel compiles, so a launch
 serves one kind of tensor (the parameter's and the gradient's dtypes, with or without a master
 copy): one or two launches per step in practice.
 
@@ -141,6 +143,12 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def only_gradients_moved(before: tuple[int, ...], now: tuple[int, ...]) -> bool:
+    """Whether two `addresses` of the same list of updates differ in the gradients' alone (the
+    second of every five)."""
+    return len(before) == len(now) and all(a == b for i, (a, b) in enumerate(zip(before, now)) if i % 5 != 1)
+
+
 def addresses(updates: list[tuple]) -> tuple[int, ...]:
     """Every tensor's address in `updates`, in order (0 for a missing master): where the tensors an
     AdamWLaunch was built for are, to compare with a later step's."""
@@ -165,6 +173,31 @@ class AdamWLaunch:
                 kinds.setdefault((p.dtype, g.dtype, master is not None, p.device), []).append((p, g, m, v, master))
         self.addresses = addresses(updates)
         self.launches = [(kind, _tables(group, kind[-1])) for kind, group in kinds.items()]
+        self._kinds = [group for group in kinds.values()]   # each launch's tensors, in its table's order
+
+    def with_gradients(self, updates: list[tuple]) -> AdamWLaunch | None:
+        """The same launch for `updates`, whose tensors are this launch's except the gradients,
+        which moved (a loop that sets them to None each step, FSDP2's reduce-scatter): only the
+        gradients are checked and only the address tables rebuilt (one small copy per kind); the
+        block tables stay. None if anything else moved or a gradient no longer fits: then build a
+        new AdamWLaunch, which checks everything."""
+        now = addresses(updates)
+        if not only_gradients_moved(self.addresses, now):
+            return None
+        new_grads = {id(u[0]): u[1] for u in updates}
+        twin = object.__new__(AdamWLaunch)
+        twin.addresses, twin._kinds, twin.launches = now, [], []
+        for group, (kind, (_, sizes, first_block, owner)) in zip(self._kinds, self.launches):
+            moved = []
+            for p, g, m, v, master in group:
+                grad = new_grads[id(p)]
+                if not (grad.is_contiguous() and grad.shape == g.shape and grad.dtype == g.dtype
+                        and grad.device == g.device):
+                    return None
+                moved.append((p, grad, m, v, master))
+            twin._kinds.append(moved)
+            twin.launches.append((kind, (_address_table(moved, kind[-1]), sizes, first_block, owner)))
+        return twin
 
     def __call__(self, *, lr: float, weight_decay: float, beta1: float, beta2: float, eps: float, step: int) -> None:
         k = _scalars(lr, weight_decay, beta1, beta2, step)
@@ -182,11 +215,17 @@ def _tables(group: list[tuple], device: torch.device) -> tuple[torch.Tensor, ...
     sizes = [p.numel() for p, *_ in group]
     blocks = [triton.cdiv(n, _BLOCK) for n in sizes]
     first_block = [0, *itertools.accumulate(blocks)][:-1]
-    table = [t.data_ptr() for p, g, m, v, master in group for t in (p, g, m, v, master if master is not None else p)]
     owner = torch.repeat_interleave(torch.arange(len(group), dtype=torch.int32, device=device),
                                     torch.tensor(blocks, device=device), output_size=sum(blocks))   # (blocks,)
     as_int64 = dict(dtype=torch.int64, device=device)
-    return torch.tensor(table, **as_int64), torch.tensor(sizes, **as_int64), torch.tensor(first_block, **as_int64), owner
+    return (_address_table(group, device), torch.tensor(sizes, **as_int64), torch.tensor(first_block, **as_int64),
+            owner)
+
+
+def _address_table(group: list[tuple], device: torch.device) -> torch.Tensor:
+    """(5 x tensors,) int64: p, g, m, v and w (the master, or p again) of each tensor, in order."""
+    table = [t.data_ptr() for p, g, m, v, master in group for t in (p, g, m, v, master if master is not None else p)]
+    return torch.tensor(table, dtype=torch.int64, device=device)
 
 
 def adamw_update_triton(updates: list[tuple], *, lr: float, weight_decay: float, beta1: float, beta2: float,

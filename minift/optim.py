@@ -197,6 +197,11 @@ class AdamW(torch.optim.Optimizer):
         from minift.kernels import adamw
         where = adamw.addresses(updates)
         kept = self._fused_launches.get(id(group))
+        moved = kept is not None and kept[0] != where
+        if moved and kept[2] is not None and adamw.only_gradients_moved(kept[0], where):
+            # only the gradients moved (set to None each step, FSDP2's reduce-scatter): re-point the launch
+            launch = kept[2].with_gradients([u for u, take in zip(updates, kept[1]) if take])
+            kept = self._fused_launches[id(group)] = (where, kept[1], launch) if launch is not None else None
         if kept is None or kept[0] != where:
             takes = [uses_fused_kernel(*u) for u in updates]
             launch = adamw.AdamWLaunch([u for u, take in zip(updates, takes) if take]) if any(takes) else None

@@ -590,6 +590,8 @@ def test_interp_adamw_many_tensors_in_one_launch(interpreter, monkeypatch):
                 launches.append(next(iter(opt._fused_launches.values())))
         runs[foreach] = (params, opt)
     assert launches[1] is launches[0] and launches[2] is not launches[1]
+    before, after = launches[1][2].launches, launches[2][2].launches   # step 3: the gradients alone moved,
+    assert all(a[1][3] is b[1][3] for a, b in zip(before, after))    # so the block tables were kept
     assert launches[2][1] == [True] * 4         # the kernel took the four of 5+ elements (the 3-element one: the lists)
     assert len(launches[2][2].launches) == 2                     # bf16 + master, fp32: a launch each
     (fused_params, fused_opt), (loop_params, loop_opt) = runs[True], runs[False]
@@ -599,6 +601,33 @@ def test_interp_adamw_many_tensors_in_one_launch(interpreter, monkeypatch):
             torch.testing.assert_close(sf[key], sl[key], **_last_bits(sl[key]))
         tol = _last_bits(pl.data) if pl.dtype == torch.float32 else dict(rtol=2 ** -7, atol=1e-9)
         torch.testing.assert_close(pf.data, pl.data, **tol)
+
+
+@needs_interpreter
+def test_interp_adamw_gradient_that_no_longer_fits_goes_to_the_lists(interpreter):
+    """A gradient that moves and turns non-contiguous (a transposed view) cannot be read flat by
+    the kernel: the optimizer notices when it re-points its launch, builds a new one without that
+    parameter, and the lists update it; both parameters end where the loop path puts them."""
+    from minift import optim
+    g = _gen(5)
+    init = [torch.randn(32, 64, generator=g), torch.randn(3000, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in init] for _ in range(2)]
+    runs = []
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1, foreach=foreach)
+        for step, gs in enumerate(grads, start=1):
+            params[0].grad = gs[0].clone() if step == 1 else gs[0].t().contiguous().t()   # step 2: not contiguous
+            params[1].grad = gs[1].clone()
+            opt.step()
+        runs.append((params, opt))
+    (params, opt), (loop_params, loop_opt) = runs
+    assert not params[0].grad.is_contiguous()
+    assert next(iter(opt._fused_launches.values()))[1] == [False, True]   # the lists took the first
+    for p, q in zip(params, loop_params):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][key], loop_opt.state[q][key], **_last_bits(loop_opt.state[q][key]))
+        torch.testing.assert_close(p.data, q.data, **_last_bits(q.data))
 
 
 @needs_interpreter
