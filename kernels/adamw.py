@@ -22,18 +22,18 @@ Note: one launch for many tensors. A first version launched the kernel once per 
 was right (the step took 42.4 ms, at 3.95 TB/s), but Qwen2.5-0.5B has ~170 weight matrices and its
 step took 14.6 ms where the bytes need ~3: each launch, with the Python around it, cost ~80 us of
 host time while the GPU waited. Now one launch covers a list of tensors: a small int64 table on the
-GPU holds each tensor's five addresses and its size, the program of each 1024-element block looks
-up which tensor it is in (an int32 per block: 4 bytes per 1024 elements, 30 MB for 7B's 7.6B
-parameters, kept with the launch) and turns that tensor's addresses into typed pointers. Its work
-is then the per-tensor kernel's. (A table per 16,384-element chunk instead, each program looping
-over its chunk, took the 7B step from 42.4 to 60.9 ms: one block per program is kept.) AdamWLaunch builds the tables once for a list of tensors (they
-are checked then, not at every step) and is reused while the addresses stay the same (the states
-never move; gradients that persist between steps, as the CUDA graph's do, neither). When only
-gradients moved (a loop that sets them to None, FSDP2's reduce-scatter) `with_gradients` checks
-those and rebuilds the address table alone; when anything else moved the optimizer builds a new
-launch. A pointer's type is fixed when the kernel compiles, so a launch
-serves one kind of tensor (the parameter's and the gradient's dtypes, with or without a master
-copy): one or two launches per step in practice.
+GPU holds each tensor's five addresses and its size, the program of each 1024-element block looks up
+which tensor it is in (an int32 per block: 4 bytes per 1024 elements, 30 MB for 7B's 7.6B
+parameters, kept with the launch) and turns that tensor's addresses into typed pointers. Its work is
+then the per-tensor kernel's. (A table per 16,384-element chunk instead, each program looping over
+its chunk, took the 7B step from 42.4 to 60.9 ms: one block per program is kept.) AdamWLaunch builds
+the tables once for a list of tensors (they are checked then, not at every step) and is reused while
+the addresses stay the same (the states never move; gradients that persist between steps, as the
+CUDA graph's do, neither). When only gradients moved (a loop that sets them to None, FSDP2's
+reduce-scatter) `with_gradients` checks those and rebuilds the address table alone; when anything
+else moved the optimizer builds a new launch. A pointer's type is fixed when the kernel compiles, so
+a launch serves one kind of tensor (the parameter's and the gradient's dtypes, with or without a
+master copy): one or two launches per step in practice.
 
 Note: numerics. Each operation is the one PyTorch runs, in the same order and in fp32: lerp as
 PyTorch computes it for a weight below 0.5 (m + w * (g - m)), sqrt and the divisions rounded to

@@ -197,15 +197,17 @@ class AdamW(torch.optim.Optimizer):
         from minift.kernels import adamw
         where = adamw.addresses(updates)
         kept = self._fused_launches.get(id(group))
-        moved = kept is not None and kept[0] != where
-        if moved and kept[2] is not None and adamw.only_gradients_moved(kept[0], where):
+        if kept is not None and kept[0] != where:
+            _, takes, launch = kept
             # only the gradients moved (set to None each step, FSDP2's reduce-scatter): re-point the launch
-            launch = kept[2].with_gradients([u for u, take in zip(updates, kept[1]) if take])
-            kept = self._fused_launches[id(group)] = (where, kept[1], launch) if launch is not None else None
-        if kept is None or kept[0] != where:
+            repointed = (launch.with_gradients([u for u, take in zip(updates, takes) if take])
+                         if launch is not None and adamw.only_gradients_moved(kept[0], where) else None)
+            kept = (where, takes, repointed) if repointed is not None else None
+        if kept is None:   # first step, or something besides the gradients moved: check every tensor
             takes = [uses_fused_kernel(*u) for u in updates]
-            launch = adamw.AdamWLaunch([u for u, take in zip(updates, takes) if take]) if any(takes) else None
-            kept = self._fused_launches[id(group)] = (where, takes, launch)
+            kept = (where, takes, adamw.AdamWLaunch([u for u, take in zip(updates, takes) if take]) if any(takes)
+                    else None)
+        self._fused_launches[id(group)] = kept
         _, takes, launch = kept
         if launch is not None:
             launch(lr=group["lr"], weight_decay=group["weight_decay"], beta1=group["betas"][0],

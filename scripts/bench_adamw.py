@@ -68,7 +68,7 @@ def main():
         del opt
         torch.cuda.empty_cache()
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=True)
-    rows[f"torch.optim.AdamW(fused=True), {str(dtype)[6:]} moments"] = {"s": timed_steps(opt, a.steps),
+    rows[f"torch.optim.AdamW(fused=True), {str(dtype).removeprefix('torch.')} moments"] = {"s": timed_steps(opt, a.steps),
                                                                         "bytes_per_param": 7 * size}
     for r in rows.values():
         r["TB_per_s"] = r["bytes_per_param"] * n / r["s"] / 1e12
