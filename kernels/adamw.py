@@ -161,8 +161,8 @@ class AdamWLaunch:
     Valid while the tensors stay where they were (`addresses`)."""
 
     def __init__(self, updates: list[tuple]):
-        kinds: dict[tuple, list[tuple]] = {}
-        for p, g, m, v, master in updates:
+        kinds: dict[tuple, list[int]] = {}
+        for i, (p, g, m, v, master) in enumerate(updates):
             if _interpreted() and p.device.type != "cpu":
                 raise ValueError(f"adamw.py: TRITON_INTERPRET=1 runs the kernel on the CPU; a tensor of shape "
                                  f"{tuple(p.shape)} is on {p.device}")
@@ -170,33 +170,33 @@ class AdamWLaunch:
                 raise ValueError(f"adamw.py: p {tuple(p.shape)} {p.dtype}, grad {tuple(g.shape)} {g.dtype}, "
                                  f"m {m.dtype}, v {v.dtype}: need contiguous tensors of one shape, fp32 moments")
             if p.numel():
-                kinds.setdefault((p.dtype, g.dtype, master is not None, p.device), []).append((p, g, m, v, master))
+                kinds.setdefault((p.dtype, g.dtype, master is not None, p.device), []).append(i)
+        # Addresses and descriptions only, no tensor: a launch kept from one step to the next must not
+        # keep that step's gradients alive once the loop sets them to None (it did, for a while:
+        # one gradient per parameter more at the next step's peak, caught by the CUDA allocator's
+        # peak tests in tests/test_on_cuda.py).
         self.addresses = addresses(updates)
-        self.launches = [(kind, _tables(group, kind[-1])) for kind, group in kinds.items()]
-        self._kinds = [group for group in kinds.values()]   # each launch's tensors, in its table's order
+        self._grads = [(g.shape, g.dtype, g.device) for _, g, *_ in updates]   # what a moved gradient must match
+        self._members = list(kinds.values())       # each launch's tensors, as indices into `updates`
+        self.launches = [(kind, _tables([updates[i] for i in members], kind[-1]))
+                         for kind, members in kinds.items()]
 
     def with_gradients(self, updates: list[tuple]) -> AdamWLaunch | None:
-        """The same launch for `updates`, whose tensors are this launch's except the gradients,
-        which moved (a loop that sets them to None each step, FSDP2's reduce-scatter): only the
-        gradients are checked and only the address tables rebuilt (one small copy per kind); the
-        block tables stay. None if anything else moved or a gradient no longer fits: then build a
-        new AdamWLaunch, which checks everything."""
+        """The same launch for `updates` (the list it was built for, in the same order), whose tensors
+        are this launch's except the gradients, which moved (a loop that sets them to None each step,
+        FSDP2's reduce-scatter): only the gradients are checked and only the address tables rebuilt
+        (one small copy per kind); the block tables stay. None if anything else moved or a gradient
+        no longer fits: then build a new AdamWLaunch, which checks everything."""
         now = addresses(updates)
         if not only_gradients_moved(self.addresses, now):
             return None
-        new_grads = {id(u[0]): u[1] for u in updates}
+        for (_, grad, *_), (shape, dtype, device) in zip(updates, self._grads):
+            if not (grad.is_contiguous() and grad.shape == shape and grad.dtype == dtype and grad.device == device):
+                return None
         twin = object.__new__(AdamWLaunch)
-        twin.addresses, twin._kinds, twin.launches = now, [], []
-        for group, (kind, (_, sizes, first_block, owner)) in zip(self._kinds, self.launches):
-            moved = []
-            for p, g, m, v, master in group:
-                grad = new_grads[id(p)]
-                if not (grad.is_contiguous() and grad.shape == g.shape and grad.dtype == g.dtype
-                        and grad.device == g.device):
-                    return None
-                moved.append((p, grad, m, v, master))
-            twin._kinds.append(moved)
-            twin.launches.append((kind, (_address_table(moved, kind[-1]), sizes, first_block, owner)))
+        twin.addresses, twin._grads, twin._members = now, self._grads, self._members
+        twin.launches = [(kind, (_address_table([updates[i] for i in members], kind[-1]), sizes, first_block, owner))
+                         for members, (kind, (_, sizes, first_block, owner)) in zip(self._members, self.launches)]
         return twin
 
     def __call__(self, *, lr: float, weight_decay: float, beta1: float, beta2: float, eps: float, step: int) -> None:

@@ -631,6 +631,29 @@ def test_interp_adamw_gradient_that_no_longer_fits_goes_to_the_lists(interpreter
 
 
 @needs_interpreter
+def test_interp_adamw_kept_launch_keeps_no_gradient_alive(interpreter):
+    """The optimizer keeps its launch from step to step; the launch must not keep the step's
+    gradients: after zero_grad(set_to_none=True) they are freed, as in the loop path (a launch that
+    held them put one gradient per parameter more on the next step's peak: the CUDA allocator's
+    peak tests in test_on_cuda.py caught it). Step 1 builds the launch, step 2 re-points it."""
+    import gc
+    import weakref
+    from minift import optim
+    g = _gen(6)
+    params = [torch.nn.Parameter(torch.randn(64, 64, generator=g)), torch.nn.Parameter(torch.randn(3000, generator=g))]
+    opt = optim.AdamW(params, lr=1e-2, weight_decay=0.1, foreach=True)   # the path CUDA tensors take
+    for step in (1, 2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        grads = [weakref.ref(p.grad) for p in params]
+        opt.step()
+        assert next(iter(opt._fused_launches.values()))[1] == [True, True]    # the kernel took both
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        assert [r() is None for r in grads] == [True, True], f"step {step}: a gradient outlived zero_grad"
+
+
+@needs_interpreter
 def test_interp_adamw_leaves_non_cpu_tensors_to_the_lists(interpreter):
     """Under TRITON_INTERPRET=1 the kernel runs on the CPU and reads its table's addresses as host
     memory, so a tensor elsewhere (here on the meta device; on a GPU host, a CUDA tensor) is not
