@@ -232,7 +232,8 @@ def _child_main() -> None:
     from minift import memory
     predicted = memory.estimate(cfg, spec["method"], spec["batch"], spec["seq"], grad_ckpt=spec["grad_ckpt"],
                                 loss_chunk=spec["loss_chunk"],
-                                lora_compute_dtype="bfloat16" if spec.get("lora_compute") == "bf16" else None)
+                                lora_compute_dtype="bfloat16" if spec.get("lora_compute") == "bf16" else None,
+                                fused_projections=out["fused_groups"] > 0)
     out["predicted_peak_bytes"] = predicted.total
     if out["peak_bytes"]:
         out["predicted_over_measured"] = predicted.total / out["peak_bytes"]

@@ -20,6 +20,16 @@ results/h200/profile_0.5b_lora_fast-compile-graph_bf16_cat_fusion.txt); linear()
 what changed.
 litgpt and gpt-fast store q/k/v as one weight for the same reason.
 
+Note: the adapters inside the base's matmul. When the adapters compute in the base's dtype (bf16
+adapter math over a bf16 base, the fast path's default; or fp32 over fp32), a group's outputs
+come from one product: [x, xa] @ [W, B]^T, where xa = dropout(x) @ A^T for the group's adapters
+side by side and B holds each adapter's B * scaling on the block diagonal. x @ W^T + xa_i @ B_i^T
+is then summed inside the matmul's fp32 accumulator and rounded once, instead of two bf16
+products rounded apart and added. What it saves is bytes, not FLOPs (the R = sum of r extra
+columns are under 2% of the product): the adapters' (..., out) outputs are never written, nor read
+back by RoPE or SwiGLU; in backward, d y @ B comes out of the base's input-gradient product as R
+more columns instead of a product of its own that reads d y again. See base_and_adapters.
+
 What fusing does, and undoes on leaving the block:
   - the base weights of a group are copied once into one (sum of outs, in) tensor, kept as a
     non-persistent buffer of the Attention (qkv_weight, qkv_bias) or MLP (gate_up_weight), and
@@ -62,15 +72,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pro
     then added where its output is next read (RoPE, SwiGLU), as in the unfused model, instead of
     in a pass of its own over the whole (..., sum of outs) (measured on the H200: that pass, and its
     backward, cost more than the fused matmuls saved)."""
-    y = F.linear(x, weight, bias)                                               # (..., sum out)
-    ys = y.split([p.out_features for p in projections], dim=-1)                 # (..., out) each, views
+    outs = [p.out_features for p in projections]
     if not hasattr(projections[0], "lora_A"):
-        return ys
+        return F.linear(x, weight, bias).split(outs, dim=-1)                    # (..., out) each, views
     first = projections[0]
     cd = first.compute_dtype or first.lora_A.weight.dtype
     dropped = first.lora_dropout(x.to(cd))                                      # (..., in), one mask
     stacked_a = torch.cat([p.lora_A.weight.to(cd) for p in projections])        # (sum r, in)
     xa = F.linear(dropped, stacked_a)                                           # (..., sum r)
+    if cd == weight.dtype == x.dtype:   # Note: the adapters inside the base's matmul
+        b = torch.block_diag(*[p.lora_B.weight.to(cd) * p.scaling for p in projections])  # (sum out, sum r)
+        return base_and_adapters(x, xa, weight, bias, b).split(outs, dim=-1)
+    ys = F.linear(x, weight, bias).split(outs, dim=-1)                          # (..., out) each, views
     parts = xa.split([p.r for p in projections], dim=-1)                        # (..., r) each
     return tuple((yi + F.linear(part, p.lora_B.weight.to(cd)) * p.scaling).to(yi.dtype)   # (..., out)
                  for yi, part, p in zip(ys, parts, projections))
@@ -159,3 +172,62 @@ def _base(p: nn.Module) -> nn.Module:
 
 def _dropout_p(p: nn.Module) -> float:
     return p.lora_dropout.p if isinstance(p.lora_dropout, nn.Dropout) else 0.0
+
+
+# The product and its input gradient are operators of their own (torch.library), as the NF4 product
+# is (minift/quant.py, Note: an operator of its own): inside a compiled layer the compiler would
+# otherwise see the forward's and the backward's torch.cat([weight, b]) as one value and keep it
+# for the backward, a second copy of the group's weights for the whole step (measured on the H200:
+# 0.5B LoRA's peak rose from 5.81 to 6.50 GB with an autograd.Function here). As operators, each
+# makes its [weight, b] and drops it, and the backward keeps xa (..., R) alone.
+
+@torch.library.custom_op("minift::base_and_adapters", mutates_args=())
+def base_and_adapters(x: torch.Tensor, xa: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      b: torch.Tensor) -> torch.Tensor:
+    """y = [x, xa] @ [weight, b]^T + bias: the frozen base's product and the adapters'
+    up-projections as one matmul (Note: the adapters inside the base's matmul).
+
+    x (..., in); xa (..., R): the adapters' down-projections dropout(x) @ A^T, side by side;
+    weight (out, in), bias (out,) or None: frozen; b (out, R): each adapter's B * scaling on the
+    block diagonal (rows of its projection, columns of its own r), zeros elsewhere.
+    Its backward computes what trains: d x and d xa from one matmul over the same [weight, b]
+    (base_and_adapters_grad_input), and d b = d y^T xa. It never computes the frozen weight's
+    gradient, which autograd would (a second matmul as large as the forward's) if this were
+    F.linear over torch.cat([weight, b], 1)."""
+    wide = torch.cat([weight, b], dim=1)                                        # (out, in + R), transient
+    return F.linear(torch.cat([x, xa], dim=-1), wide, bias)                     # (..., out)
+
+
+@torch.library.custom_op("minift::base_and_adapters_grad_input", mutates_args=())
+def base_and_adapters_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """grad_y (..., out) -> [d x, d xa] = grad_y @ [weight, b], (..., in + R)."""
+    return grad_y @ torch.cat([weight, b], dim=1)                               # (..., in + R)
+
+
+@base_and_adapters.register_fake
+def _(x, xa, weight, bias, b):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@base_and_adapters_grad_input.register_fake
+def _(grad_y, weight, b):
+    return grad_y.new_empty((*grad_y.shape[:-1], weight.shape[1] + b.shape[1]))
+
+
+def _base_and_adapters_setup(ctx, inputs, output):
+    x, xa, weight, bias, b = inputs
+    ctx.save_for_backward(xa, weight, b)        # weight and b are parameters: no new memory
+
+
+def _base_and_adapters_backward(ctx, grad_y):
+    xa, weight, b = ctx.saved_tensors
+    grad_x = grad_xa = grad_b = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_x, grad_xa = base_and_adapters_grad_input(grad_y, weight, b).split(
+            [weight.shape[1], b.shape[1]], dim=-1)                              # (..., in), (..., R)
+    if ctx.needs_input_grad[4]:
+        grad_b = grad_y.flatten(0, -2).t() @ xa.flatten(0, -2)                 # (out, R)
+    return grad_x, grad_xa, None, None, grad_b
+
+
+base_and_adapters.register_autograd(_base_and_adapters_backward, setup_context=_base_and_adapters_setup)

@@ -179,11 +179,41 @@ def _linear(saved, name, in_name, in_bytes_per_elem, n, d_in, d_out, s, *, x_gra
     return x_grad or base_trains or adapted
 
 
+def _adapter_weights(saved, cfg, targets, r, a, s, *, copies, fused, input_grad):
+    """What the adapters keep of their own weights for backward: small ((in + out) x r each), but
+    new storages when made in forward. Each adapter computes with A and B in its compute dtype (a
+    bytes); cast from the parameters' dtype (copies: fp32 adapters with bf16 math) they are new
+    tensors, and the products keep B for d(x A^T) always and A for d x when x needs a gradient.
+    A fused group (minift/fused_projections.py) stacks its A's into one new tensor, whatever the
+    dtypes; when the adapters compute in the base's dtype (a == s) its B's (times their scaling)
+    enter the base's matmul as one block-diagonal (sum of outs, sum of r) tensor, which the
+    product keeps instead, zeros and all (fused_projections.base_and_adapters)."""
+    dims = _shapes(cfg)
+    grouped, in_block = set(), set()
+    for group, names in (("qkv", ("q_proj", "k_proj", "v_proj")), ("gate_up", ("gate_proj", "up_proj"))):
+        if fused and all(p in targets for p in names):
+            grouped.update(names)
+            if input_grad[names[0]]:
+                saved[f"{group}.lora_A_stacked"] = a * dims[names[0]][0] * r * len(names)
+            if a == s:
+                in_block.update(names)
+                saved[f"{group}.lora_B_block_diagonal"] = s * sum(dims[p][1] for p in names) * r * len(names)
+    for p in PROJECTIONS:
+        if p not in targets or not copies:
+            continue
+        d_in, d_out = dims[p]
+        if p not in grouped and input_grad[p]:
+            saved[f"{p}.lora_A_copy"] = a * d_in * r
+        if p not in in_block:
+            saved[f"{p}.lora_B_copy"] = a * d_out * r
+
+
 def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, triton=False,
-           math_attention=False, dropped=False, fused=False, segment_mask=False) -> _Layer:
+           math_attention=False, dropped=False, fused=False, segment_mask=False, weight_copies=False) -> _Layer:
     """dropped: the adapters' dropout keeps a dropped copy of their input (CUDA with dropout > 0;
     see _linear); fused: q/k/v and gate/up share one (minift/fused_projections.py);
-    segment_mask: packed rows attend through a boolean mask (see below)."""
+    segment_mask: packed rows attend through a boolean mask (see below); weight_copies: the
+    adapters compute in another dtype than their parameters' (see _adapter_weights)."""
     h, f = cfg.hidden_size, cfg.intermediate_size
     qd, kd = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     trains = method in TRAIN_BASE
@@ -253,6 +283,11 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
     down_grad = _linear(saved, "down_proj", "mlp.p", s, d_in=f, d_out=h, x_grad=p_grad,
                         adapted="down_proj" in targets, dropout=drop("down_proj", "down_proj"), **lin)
     out_grad = mid_grad or down_grad
+    if not trains:
+        input_grad = {"q_proj": y1_grad, "k_proj": y1_grad, "v_proj": y1_grad, "o_proj": attn_grad,
+                      "gate_proj": y2_grad, "up_proj": y2_grad, "down_proj": p_grad}
+        _adapter_weights(saved, cfg, targets, r, a, s, copies=weight_copies, fused=fused and not qlora,
+                         input_grad=input_grad)
 
     # ---- the largest backward temporary of this layer (the MLP's, f ~ 5.4 h dominates).
     # Times are moments of the backward walk; `F` = n*f elements, `H` = n*h elements.
@@ -654,7 +689,7 @@ def estimate(cfg: ModelConfig, method: str, batch: int, seq: int, *, param_dtype
     for i in range(L):
         lay = _layer(cfg, n, batch, seq, s, ac, method, targets, lora_r, x_grad, i == 0, cpu, triton,
                      math_attention, dropped=lora_dropout > 0 and device == "cuda", fused=fused_projections,
-                     segment_mask=segment_mask)
+                     segment_mask=segment_mask, weight_copies=ac != a)
         layers.append(lay)
         x_grad = lay.out_grad
     mid = layers[min(1, L - 1)]

@@ -114,6 +114,9 @@ class Attention(nn.Module):
         if self.qkv_weight is not None:   # one matmul for the three (and one for their adapters)
             q, k, v = fused_projections.linear(x, self.qkv_weight, self.qkv_bias,
                                                (self.q_proj, self.k_proj, self.v_proj))
+            # v may be columns of one (B, T, q + k + v) output; attention keeps v for backward, and
+            # a view would keep all of that output alive (q and k are copied by RoPE anyway)
+            v = v.contiguous()
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)               # (B, T, nh*hd), (B, T, nkv*hd) x 2
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)                  # (B, nh, T, hd)

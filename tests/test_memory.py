@@ -170,6 +170,32 @@ def est_bytes(dtype):
     return 4 if dtype == "float32" else 2
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_fused_projections_save_what_the_estimate_says(dtype):
+    """Fusing q/k/v and gate/up changes what the adapters keep of their weights: one stacked A per
+    group and, when they compute in the base's dtype, one block-diagonal B per group inside the
+    base's matmul (fused_projections.base_and_adapters) instead of each adapter's B copy. bf16:
+    fp32 adapters with bf16 math (copies); float32: everything fp32 (no copies). The storages
+    autograd saves fused, less unfused, against the estimate's difference: the same tensors, exact."""
+    from minift import fused_projections, lora
+    cfg = ModelConfig(**TINY)
+    B, T = 2, 32
+    ids = torch.randint(0, 1000, (B, T), generator=torch.Generator().manual_seed(0))
+    compute = getattr(torch, dtype)
+
+    def saved_bytes(fused):
+        torch.manual_seed(0)
+        model = lora.add_lora(Transformer(cfg).to(compute), r=8, compute_dtype=compute)
+        if fused:
+            assert fused_projections.fuse(model)
+        return saved_for_backward(model, ids, ids.roll(-1, dims=1))
+
+    def predicted(fused):
+        return memory.estimate(cfg, "lora", B, T, param_dtype=dtype, lora_r=8, lora_compute_dtype=dtype,
+                               fused_projections=fused).activations
+    assert saved_bytes(True) - saved_bytes(False) == predicted(True) - predicted(False) != 0
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_lora_dropout_saves_what_the_estimate_says_cuda_path_on_cpu(fused):
     """The CUDA path's dropout accounting, run on the CPU: LoRALinear's recompute (CPU only) is
