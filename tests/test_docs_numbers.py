@@ -426,6 +426,25 @@ def fused_experiment(kept, tried):
     return [f"({wall_ms(kept)} -> {wall_ms(tried)} ms"]
 
 
+def adapters_in_matmul(before, function, operator, bench_before, bench_function):
+    r05 = {k: pick(b["results"], size="0.5b", method="lora", mode="fast+compile+graph")
+           for k, b in (("before", bench_before), ("function", bench_function))}
+    r7 = [pick(b["results"], size="7b", method="qlora") for b in (bench_before, bench_function)]
+    compiled = {k: pick(r["anchors"], kind="autocast+compile")["tok_per_s"] for k, r in r05.items()}
+    liger = pick(r05["function"]["anchors"], kind="liger+autocast")
+    return [f"{wall_ms(before)} ms before; {wall_ms(function)} ms as a first version",
+            f"at a peak of {peak_gb(function)} GB against {peak_gb(before)}",
+            f"{wall_ms(operator)} ms at {peak_gb(operator)} GB as a pair",
+            f"before, 0.5B LoRA {tps(r05['before']['minift']['tok_per_s'])} tok/s against {tps(compiled['before'])} "
+            f"for compiled HF + peft: {times(r05['before']['speed_ratio'])} at {gb(r05['before']['minift']['peak_bytes'])} GB",
+            f"with the first version {tps(r05['function']['minift']['tok_per_s'])} against {tps(compiled['function'])}: "
+            f"{times(r05['function']['speed_ratio'])}, but at {gb(r05['function']['minift']['peak_bytes'])} GB, over "
+            f"Liger's {gb(liger['peak_bytes'])}",
+            f"measured {times(r7[0]['speed_ratio'])} and {times(r7[1]['speed_ratio'])} in the same two runs "
+            f"({tps(r7[0]['minift']['tok_per_s'])} against {tps(r7[0]['anchors'][0]['tok_per_s'])}; "
+            f"{tps(r7[1]['minift']['tok_per_s'])} against {tps(r7[1]['anchors'][0]['tok_per_s'])})"]
+
+
 def speed_fast(run1, run2):
     rows = {}
     for run, result in ((1, run1), (2, run2)):
@@ -942,6 +961,10 @@ CHECKS = [   # in the order of the docs
     Text("fused experiment", "docs/speed.md", (H200 + "profile_0.5b_lora_fast-compile-graph_bf16_before_fusion.txt",
                                                H200 + "experiment_fused_lora_profile_0.5b_lora_fast-compile-graph_bf16.txt"),
          fused_experiment),
+    Text("adapters in the base's matmul", "docs/speed.md",
+         (*(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_{v}.txt" for v in ("before", "function", "operator")),
+          H200 + "bench_gpu_2026-12-02_one_launch.json", H200 + "bench_gpu_2026-12-02_adapters_in_matmul_function.json"),
+         adapters_in_matmul),
     Table("fast", "docs/speed.md", FAST, 3, speed_fast),
     Text("fast, after", "docs/speed.md", (*FAST, H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
     Table("profiles", "docs/speed.md", PROFILES, 1, speed_profile,
