@@ -68,10 +68,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pro
     projections: the modules fused into `weight` (LoRALinear over nn.Linear, or all plain
     nn.Linear), in the order of its rows. Each adapter computes what LoRALinear.forward does:
     y + (dropout(x) @ A^T @ B^T) * scaling in the adapter's compute dtype, cast back to y's.
-    The outputs stay separate tensors rather than one concatenated one: each adapter's update is
-    then added where its output is next read (RoPE, SwiGLU), as in the unfused model, instead of
-    in a pass of its own over the whole (..., sum of outs) (measured on the H200: that pass, and its
-    backward, cost more than the fused matmuls saved)."""
+    Adapters computing in the base's dtype do it inside the base's matmul (Note: the adapters
+    inside the base's matmul); the outputs are then views of one (..., sum of outs) tensor. In
+    another dtype (fp32 adapter math over a bf16 base) each output is its own tensor, base plus
+    update, so that the update is added where the output is next read (RoPE, SwiGLU), as in the
+    unfused model, and not in a pass of its own over the whole (..., sum of outs) (measured on
+    the H200: that pass, and its backward, cost more than the fused matmuls saved)."""
     outs = [p.out_features for p in projections]
     if not hasattr(projections[0], "lora_A"):
         return F.linear(x, weight, bias).split(outs, dim=-1)                    # (..., out) each, views
