@@ -218,7 +218,8 @@ def _(grad_y, weight, b):
 
 def _base_and_adapters_setup(ctx, inputs, output):
     x, xa, weight, bias, b = inputs
-    ctx.save_for_backward(xa, weight, b)        # weight and b are parameters: no new memory
+    # the weight is the group's buffer (no new memory); b, small, is made in forward (memory.estimate counts it)
+    ctx.save_for_backward(xa, weight, b)
 
 
 def _base_and_adapters_backward(ctx, grad_y):
@@ -228,7 +229,7 @@ def _base_and_adapters_backward(ctx, grad_y):
         grad_x, grad_xa = base_and_adapters_grad_input(grad_y, weight, b).split(
             [weight.shape[1], b.shape[1]], dim=-1)                              # (..., in), (..., R)
     if ctx.needs_input_grad[4]:
-        grad_b = grad_y.flatten(0, -2).t() @ xa.flatten(0, -2)                 # (out, R)
+        grad_b = grad_y.flatten(0, -2).t() @ xa.flatten(0, -2)                 # (out, R); the zeros' part is dropped by block_diag
     return grad_x, grad_xa, None, None, grad_b
 
 
