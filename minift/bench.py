@@ -97,8 +97,9 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
                         lora_r: int = 16, compile: bool = False, cuda_graph: bool = False,
                         lora_compute: str = "fp32", fused: bool | None = None) -> dict:
     """Build a random-weight model for `method`, run `steps` forward/backward/AdamW steps on random
-    tokens, return peak memory (torch.cuda.max_memory_allocated), the median steady step time and the
-    first step's time (compile, CUDA graph capture and warm-up included: the one-time cost)."""
+    tokens, return peak memory (torch.cuda.max_memory_allocated), the median steady step time, its
+    host part (host_step_s, see median_steady) and the first step's time (compile, CUDA graph capture
+    and warm-up included: the one-time cost)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     static = torch.cuda.memory_allocated() if device.type == "cuda" else 0
@@ -110,21 +111,31 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     gen = torch.Generator(device="cpu").manual_seed(0)
-    times = []
+    times, host_times = [], []
     for _ in range(steps):
         ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
         targets = ids.roll(-1, dims=1)
         sync()
         t0 = time.perf_counter()
         step(ids, targets)
+        host_times.append(time.perf_counter() - t0)   # Python and kernel launches: the host's share
         sync()
         times.append(time.perf_counter() - t0)
-    steady = sorted(times[2:])[len(times[2:]) // 2]
+    steady = median_steady(times)
     fused_groups = sum(layer.self_attn.qkv_weight is not None for layer in model.model.layers) + \
         sum(layer.mlp.gate_up_weight is not None for layer in model.model.layers)
     return dict(static_bytes=static, fused_groups=fused_groups,
                 peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
-                step_s=steady, first_step_s=times[0], tok_per_s=batch * seq / steady)
+                step_s=steady, host_step_s=median_steady(host_times), first_step_s=times[0],
+                tok_per_s=batch * seq / steady)
+
+
+def median_steady(seconds: list[float]) -> float:
+    """The median step after the first two (compile, capture and warm-up), the upper one of an even
+    count. A step whose host time (until step() returns, before the sync) is close to its wall
+    time is host-bound: the GPU waited for Python and the launches, not the other way round."""
+    steady = sorted(seconds[2:])
+    return steady[len(steady) // 2]
 
 
 def run_minift_row(row: Row, timeout: float = 600) -> dict:

@@ -24,6 +24,7 @@ import time
 import torch
 
 import minift
+from minift.bench import median_steady
 from minift.optim import AdamW
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -105,7 +106,7 @@ def main():
     torch.cuda.reset_peak_memory_stats()
     x = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext()
-    times = []
+    times, host_times = [], []
     for _ in range(a.steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -118,15 +119,16 @@ def main():
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+        host_times.append(time.perf_counter() - t0)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    steady = sorted(times[2:])[len(times[2:]) // 2]
+    steady = median_steady(times)
     side = anchor_name(a.method, a.autocast, a.compile, a.liger)
     print(json.dumps(dict(side=side, size=a.size, method=a.method, autocast=a.autocast, compile=a.compile,
                           liger=a.liger,
                           grad_ckpt=a.grad_ckpt, batch=a.batch, seq=a.seq, static_bytes=static,
                           peak_bytes=torch.cuda.max_memory_allocated(), step_s=steady,
-                          tok_per_s=a.batch * a.seq / steady)), flush=True)
+                          host_step_s=median_steady(host_times), tok_per_s=a.batch * a.seq / steady)), flush=True)
 
 
 if __name__ == "__main__":

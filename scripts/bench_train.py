@@ -12,7 +12,9 @@ Rows (batch 4 x 1024, LoRA r=16 on all seven projections, Qwen2.5 architectures,
                 (7B QLoRA: HF + peft + bitsandbytes + Liger under autocast). The speed ratio is against
                 the fastest anchor, the memory ratio against the leanest.
   lean: minift eager with checkpointing and a 256-token loss chunk vs HF+peft with checkpointing
---rows gpu is the issue-11 check: the fast rows with every anchor and a lean row (fits ~6 minutes).
+--rows gpu is the issue-11 check: the fast rows with every anchor and the 0.5B lean row, eager and
+as a CUDA graph (the recipes replay one when every batch has one shape); fits ~6 minutes. Every
+side records host_step_s beside step_s: the eager lean step is host-bound (docs/speed.md).
 Writes results.json and table.md under --out and prints the table.
 """
 import argparse
@@ -40,7 +42,7 @@ ROWS["lean-graph"] = [Row("0.5b", "full", "lean+compile+graph"), Row("0.5b", "lo
                       Row("0.5b", "full", "lean+compile")]
 ROWS["lean05"] = [r for r in ROWS["lean"] if r.size == "0.5b"]   # the quick half of "lean"
 ROWS["all"] = ROWS["lora"] + ROWS["fast"] + ROWS["lean"]
-ROWS["gpu"] = ROWS["fast"] + [Row("0.5b", "lora", "lean")]
+ROWS["gpu"] = ROWS["fast"] + [Row("0.5b", "lora", "lean"), Row("0.5b", "lora", "lean+graph")]
 
 
 def main(default_rows="all"):
