@@ -355,6 +355,15 @@ def recipe_rerun(rec):
             f"steady step {first_and_steady(m)[1]} s", f"**Rerun on {rec['date']}**"]
 
 
+def recipe_final(rec, rerun, step, step_before):
+    m, warm, hf = rec["minift"], rec["minift_warm"], rec["hf"]
+    return [f"minift **{tps(m['tok_per_s'])} tok/s**, HF {tps(hf['tok_per_s'])} tok/s: **{times(rec['speed_ratio'])}** "
+            f"on a first run, **{times(rec['speed_ratio_warm'])}** warm, {times(rec['speed_ratio_compile'])} with",
+            f"steady step {first_and_steady(m)[1]} s, against {first_and_steady(rerun['minift'])[1]} s in the rerun",
+            f"{wall_ms(step)} ms at {peak_gb(step)} GB, where it was {wall_ms(step_before)} ms at {peak_gb(step_before)} GB",
+            f"(later on {rec['date']},"]
+
+
 def log_seconds(log: str, start: str, end: str) -> str:
     """Seconds between the first log line holding `start` and the next holding `end`, one decimal."""
     stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(" + re.escape(start) + "|" + re.escape(end) + ")",
@@ -443,6 +452,54 @@ def adapters_in_matmul(before, function, operator, bench_before, bench_function)
             f"measured {times(r7[0]['speed_ratio'])} and {times(r7[1]['speed_ratio'])} in the same two runs "
             f"({tps(r7[0]['minift']['tok_per_s'])} against {tps(r7[0]['anchors'][0]['tok_per_s'])}; "
             f"{tps(r7[1]['minift']['tok_per_s'])} against {tps(r7[1]['anchors'][0]['tok_per_s'])})"]
+
+
+def final_code(final, profile, profile2, run1, run2, run3):
+    """The final code's run beside the three earlier runs of the same 0.5B row (their anchors moved)."""
+    r05, r7 = pick(final["results"], size="0.5b", method="lora", mode="fast+compile+graph"), \
+        pick(final["results"], size="7b", method="qlora")
+    compiled, liger = (pick(r05["anchors"], kind=k) for k in ("autocast+compile", "liger+autocast"))
+    earlier = [pick(r["results"], size="0.5b", method="lora", mode="fast+compile+graph") for r in (run1, run2, run3)]
+    sides = [*earlier, r05]
+    three_x = 3 * compiled["tok_per_s"]
+    matmul_ms = re.search(r"\| matmul \| ([\d.]+) \|", profile).group(1)
+    lean = pick(final["results"], size="0.5b", method="lora", mode="lean")
+    return [f"0.5B LoRA **{tps(r05['minift']['tok_per_s'])} tok/s** at {gb(r05['minift']['peak_bytes'])} GB",
+            f"{tps(compiled['tok_per_s'])} for compiled HF + peft and {tps(liger['tok_per_s'])} for HF + peft + "
+            f"Liger ({gb(liger['peak_bytes'])} GB): **{times(r05['speed_ratio'])}** the fastest at "
+            f"{times(r05['memory_ratio'])} the leanest's memory, {pct(r05['minift_mfu'])} MFU",
+            f"7B QLoRA {tps(r7['minift']['tok_per_s'])} against {tps(r7['anchors'][0]['tok_per_s'])} tok/s: "
+            f"**{times(r7['speed_ratio'])}**, at {gb(r7['minift']['peak_bytes'])} GB",
+            f"{wall_ms(profile)} ms at {peak_gb(profile)} GB ({wall_ms(profile2)} ms on a",
+            f"memory.estimate predicts {gb(r05['minift']['predicted_peak_bytes'])}",
+            "side read " + ", ".join(tps(r["minift"]["tok_per_s"]) for r in sides[:-1]) +
+            f" and {tps(sides[-1]['minift']['tok_per_s'])} tok/s, the compiled HF anchor " +
+            ", ".join(tps(pick(r["anchors"], kind="autocast+compile")["tok_per_s"]) for r in sides[:-1]) +
+            f" and {tps(compiled['tok_per_s'])}",
+            f"3x would be {tps(three_x)} tok/s, {pct(r05['minift_mfu'] * three_x / r05['minift']['tok_per_s'])} MFU",
+            f"matmuls alone take {matmul_ms} ms of the {wall_ms(profile)}",
+            f"the lean row of the same run read {times(lean['speed_ratio'])}"]
+
+
+def next_milliseconds(profile, kernels):
+    """The two backward kernels' cost from the profile, their sizes from the compiler's own source."""
+    def kernel(prefix):
+        ms, calls = re.search(rf"\| {prefix}\w* \| ([\d.]+) \| (\d+) \|", profile).groups()
+        return float(ms), int(calls)
+    swiglu_ms, layers = kernel("triton_poi_fused_add_cat_mul_silu_silu_backward")
+    rope_ms, _ = kernel("triton_poi_fused__unsafe_view_add_cat_clone_mul_neg_slice")
+    numels = [int(n) for n in re.findall(r"xnumel = (\d+)", kernels)]
+    pairs = numels[0] // 2                              # (d gate, d up) per token and column
+    as_is, needed = pairs * (7 + 2) * 2, pairs * (4 + 2) * 2   # bf16 loads + stores, bytes
+    per_call = swiglu_ms / layers / 1e3                 # s
+    rate = as_is / per_call
+    ideal_us = needed / rate * 1e6
+    return [f"takes {swiglu_ms:.2f} ms a step, {per_call * 1e6:.0f} µs a layer",
+            f"each of its {numels[0]:,} elements", f"{as_is / 1e6:.0f} MB a layer where {needed / 1e6:.0f} MB would do",
+            f"already {rate / 1e12:.1f} TB/s", f"about {ideal_us:.0f} µs, "
+            f"{(per_call * 1e6 - ideal_us) * layers / 1e3:.1f} ms a step less",
+            f"takes {rope_ms:.2f} ms, {rope_ms / layers * 1e3:.0f} µs a layer for {numels[1]:,} outputs",
+            f"{wall_ms(profile)} ms a step", f"of the {wall_ms(profile)}, "]
 
 
 def speed_fast(run1, run2):
@@ -911,6 +968,7 @@ WHOLE_JOB_7B = H200 + "whole_job_7b_14b.json"
 GRID, QUICK = H200 + "memory_check.json", H200 + "memory_check_quick.json"
 FAST = (H200 + "bench_fast.json", H200 + "bench_fast_run2.json")
 GPU, OLD_7B_QLORA = H200 + "bench_gpu.json", H200 + "bench_7b_qlora_fast_issue11.json"
+RECIPE_OPERATOR = H200 + "bench_recipe_2026-12-02_operator/bench_recipe.json"
 LEAN = (H200 + "bench_lean05.json", H200 + "bench_lean-graph.json", H200 + "bench_lean.json", MEMORY_PY)
 KERNELS, XENT = H200 + "check_kernels.json", H200 + "check_kernels_xent.json"
 DECODE = (CPU + "bench_generate_float32.json", CPU + "bench_generate_bfloat16.json")
@@ -930,8 +988,9 @@ CHECKS = [   # in the order of the docs
     Text("capstone settings intro", "docs/memory.md", (CAPSTONE_JOB,), capstone_settings_intro),
     Table("capstone settings", "docs/memory.md",
           (*(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16{v}.txt" for v in
-             ("", "_dropout0.05_unfused", "_docs3_unfused", "_docs3_dropout0.05_unfused", "_docs3_dropout0.05")),
-           H200 + "bench_recipe.json", CAPSTONE_JOB, MEMORY_PY), 1, capstone_settings),
+             ("_2026-12-02_final", "_dropout0.05_unfused", "_docs3_unfused", "_docs3_dropout0.05_unfused",
+              "_docs3_dropout0.05_2026-12-02_operator")),
+           RECIPE_OPERATOR, CAPSTONE_JOB, MEMORY_PY), 1, capstone_settings),
     Text("step grid, after", "docs/memory.md", (GRID,), memory_grid_after),
     Table("quick grid", "docs/memory.md", (QUICK,), 3, memory_quick),
     Text("quick grid, after", "docs/memory.md", (GRID, QUICK), memory_quick_after),
@@ -952,6 +1011,10 @@ CHECKS = [   # in the order of the docs
     Text("recipe phase", "docs/speed.md", (H200 + "bench_recipe.json", H200 + "bench_recipe_before_optimizer_fix.json",
                                            H200 + "bench_recipe_compile_default.json"), recipe),
     Text("recipe phase rerun", "docs/speed.md", (H200 + "bench_recipe_rerun_2026-12-02.json",), recipe_rerun),
+    Text("recipe phase, final code", "docs/speed.md",
+         (RECIPE_OPERATOR, H200 + "bench_recipe_rerun_2026-12-02.json",
+          *(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_docs3_dropout0.05{v}.txt" for v in ("_2026-12-02_operator", ""))),
+         recipe_final),
     Text("when compiling pays", "docs/speed.md",
          tuple(H200 + f for f in ("bench_7b_qlora_fast-graph_bf16.json", "bench_7b_qlora_fast-compile-graph_bf16.json",
                                   "bench_0.5b_lora_fast-graph_bf16.json", "bench_0.5b_lora_fast-compile-graph_bf16.json",
@@ -965,6 +1028,14 @@ CHECKS = [   # in the order of the docs
          (*(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_{v}.txt" for v in ("before", "function", "operator")),
           H200 + "bench_gpu_2026-12-02_one_launch.json", H200 + "bench_gpu_2026-12-02_adapters_in_matmul_function.json"),
          adapters_in_matmul),
+    Text("final code", "docs/speed.md",
+         (H200 + "bench_gpu_2026-12-02_final.json",
+          *(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_{v}.txt" for v in ("final", "final_run2")),
+          GPU, H200 + "bench_gpu_2026-12-02_one_launch.json", H200 + "bench_gpu_2026-12-02_adapters_in_matmul_function.json"),
+         final_code),
+    Text("next milliseconds", "docs/speed.md",
+         (H200 + "profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_final_run2.txt",
+          H200 + "inductor_kernels_0.5b_lora_backward_2026-12-02.txt"), next_milliseconds),
     Table("fast", "docs/speed.md", FAST, 3, speed_fast),
     Text("fast, after", "docs/speed.md", (*FAST, H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
     Table("profiles", "docs/speed.md", PROFILES, 1, speed_profile,
