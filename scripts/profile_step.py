@@ -7,7 +7,9 @@
 --docs N packs N documents into each row (segment ids, positions restarting at each document, as
 the recipes' packed rows are) and --dropout sets the adapters' dropout: the capstone's step is
 `--docs 3 --dropout 0.05`, the benchmark's is neither. --unfused computes q/k/v and gate/up as
-separate matmuls, to profile what minift/fused_projections.py saves.
+separate matmuls, to profile what minift/fused_projections.py saves. --inductor KEY=VALUE sets
+torch._inductor.config.KEY before anything compiles (repeatable), to profile the step under another
+compiler choice, e.g. `--inductor max_pointwise_cat_inputs=1` (docs/speed.md: tried and not kept).
 
 The same step scripts/bench_train.py times (minift.bench.training_step: random weights, batch x seq
 random tokens, AdamW), warmed up, then `--steps` steps under torch.profiler. Prints the wall time
@@ -16,6 +18,7 @@ kind (matmul, attention, Triton, other) and the top kernels; writes profile_<row
 GPU busy well under wall time means the host (Python, launches) is the bottleneck, not the GPU.
 """
 import argparse
+import ast
 import json
 import os
 import time
@@ -50,6 +53,25 @@ def packed_inputs(batch: int, seq: int, docs: int) -> dict:
     return dict(segment_ids=segment.expand(batch, seq).cuda(), position_ids=position.expand(batch, seq).cuda())
 
 
+def set_inductor_options(settings: list[str]) -> dict:
+    """KEY=VALUE strings -> torch._inductor.config set, and what was set. A key this torch does not
+    have is an error, not a silent no-op: the profile would not be of what was asked."""
+    import torch._inductor.config as inductor_config
+    done = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not hasattr(inductor_config, key):
+            raise SystemExit(f"--inductor {setting!r}: expected KEY=VALUE with KEY an attribute of "
+                             f"torch._inductor.config (torch {torch.__version__})")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text                                    # a bare word: a string setting
+        setattr(inductor_config, key, value)
+        done[key] = value
+    return done
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--row", required=True, help="SIZE:METHOD:MODE[:LORA_COMPUTE], e.g. 0.5b:lora:fast+compile:bf16")
@@ -62,10 +84,13 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.0, help="the adapters' dropout (lora_qwen.py uses 0.05)")
     ap.add_argument("--unfused", action="store_true",
                     help="q/k/v and gate/up as separate matmuls (the recipes fuse them for LoRA on CUDA)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY to VALUE (a Python literal) before compiling")
     ap.add_argument("--out", default="prof")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_step profiles CUDA kernels: it needs a CUDA GPU")
+    inductor = set_inductor_options(a.inductor)
     row = Row(*a.row.split(":"))
     cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
     _, step = training_step(cfg, row.method, lora_compute=row.lora_compute, lora_dropout=a.dropout,
@@ -112,7 +137,7 @@ def main():
 
     os.makedirs(a.out, exist_ok=True)
     out = dict(row=a.row, batch=a.batch, seq=a.seq, docs=a.docs, dropout=a.dropout, unfused=a.unfused,
-               device=torch.cuda.get_device_name(), torch=torch.__version__,
+               inductor=inductor, device=torch.cuda.get_device_name(), torch=torch.__version__,
                wall_s=wall, gpu_busy_s=busy, peak_bytes=peak, kernels_per_step=launches, by_kind_s=dict(by_kind),
                top=[dict(name=n, s_per_step=t / a.steps / 1e6, calls_per_step=c / a.steps) for n, (t, c) in top])
     extra = (f"_docs{a.docs}" if a.docs > 1 else "") + (f"_dropout{a.dropout:g}" if a.dropout else "") + \

@@ -1,10 +1,19 @@
 """minift.bench's bookkeeping (no GPU): which anchors a row runs against, and that its ratios are
 against the fastest anchor's speed and the leanest anchor's memory. The measurements themselves
 are scripts/bench_train.py's, on a GPU."""
+import dataclasses
+import os
+import sys
 from unittest import mock
+
+import pytest
+import torch._inductor.config as inductor_config
 
 from minift import bench
 from minift.bench import Row
+from minift.config import ModelConfig
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 
 
 def test_anchors_for_each_row():
@@ -33,3 +42,36 @@ def test_a_failed_anchor_is_left_out_of_the_ratio():
             mock.patch.object(bench, "run_anchor_row", return_value={"error": "CUDA out of memory", "kind": "x"}):
         (r,) = bench.compare([row], "anchor_hf.py", log=lambda line: None)
     assert "speed_ratio" not in r and "CUDA out of memory" in bench.format_row(r)
+
+
+def test_median_steady_skips_the_first_two_steps_and_takes_the_upper_middle():
+    # the first two (compile, capture) never count, however slow; of four steady steps the third
+    assert bench.median_steady([9.0, 5.0, 0.4, 0.1, 0.3, 0.2]) == 0.3
+    assert bench.median_steady([9.0, 5.0, 0.4, 0.1, 0.3]) == 0.3
+
+
+def test_time_training_steps_reports_the_host_part_of_the_step():
+    """On the CPU the host is the device, so the host part is the whole step (within the clock's
+    noise); on a GPU it is what scripts/host_time.py compares with the wall time."""
+    cfg = dataclasses.replace(ModelConfig.preset("qwen2.5-0.5b"), hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                              vocab_size=64)
+    out = bench.time_training_steps(cfg, "lora", 1, 8, steps=4, device="cpu", dtype="float32")
+    assert 0 < out["host_step_s"] <= out["step_s"]
+
+
+def test_profile_step_sets_inductor_options_and_refuses_unknown_ones():
+    sys.path.insert(0, SCRIPTS)
+    try:
+        import profile_step
+    finally:
+        sys.path.pop(0)
+    before = inductor_config.max_pointwise_cat_inputs
+    try:
+        assert profile_step.set_inductor_options(["max_pointwise_cat_inputs=1"]) == {"max_pointwise_cat_inputs": 1}
+        assert inductor_config.max_pointwise_cat_inputs == 1
+    finally:
+        inductor_config.max_pointwise_cat_inputs = before
+    for bad in ("no_such_inductor_option=1", "max_pointwise_cat_inputs"):
+        with pytest.raises(SystemExit, match="torch._inductor.config"):
+            profile_step.set_inductor_options([bad])

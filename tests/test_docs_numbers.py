@@ -502,6 +502,39 @@ def next_milliseconds(profile, kernels):
             f"{wall_ms(profile)} ms a step", f"of the {wall_ms(profile)}, "]
 
 
+def cat_lowering(pointwise, concat_kernel):
+    return [f"{wall_ms(concat_kernel)} ms a step against {wall_ms(pointwise)} ms with the default, at the same "
+            f"{peak_gb(pointwise)} GB"] + ([] if peak_gb(pointwise) == peak_gb(concat_kernel) else ["(peaks differ)"])
+
+
+def lean_host_bound(final, first, scripted, cprofile, graphed):
+    lines = [json.loads(line) for line in first.splitlines() if line.strip()]
+    default, unfused, reference, hf = lines
+    (script_run,) = [json.loads(line) for line in scripted.splitlines() if line.strip()]
+    g = graphed["results"][0]
+    ours, anchor = g["minift"], g["anchors"][0]
+    calls = {name: int(re.search(rf"^\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+ .*{re.escape(name)}", cprofile,
+                                 flags=re.M).group(1)) for name in ("jit.py:695(run)", "(unpack_hook)")}
+    engine = re.search(r"^\s+3\s+([\d.]+) .*'run_backward'", cprofile, flags=re.M).group(1)
+    lean = pick(final["results"], size="0.5b", method="lora", mode="lean")
+    return [f"read {times(lean['speed_ratio'])} in the run above",
+            f"({default['step_s']:.4f} / {default['host_s']:.4f} s with a first version of the script; "
+            f"{script_run['step_s']:.4f} / {script_run['host_step_s']:.4f} s on the other machine, "
+            f"{tps(script_run['tok_per_s'])} tok/s)",
+            f"({anchor['step_s']:.4f} / {anchor['host_step_s']:.4f} s;",
+            f"On the machine that ran {tps(default['tok_per_s'])} tok/s, HF + peft ran {tps(hf['tok_per_s'])}: "
+            f"{times(default['tok_per_s'] / hf['tok_per_s'])}",
+            f"unfused the step read {tps(unfused['tok_per_s'])} tok/s",
+            f"instead of minift's Triton kernels {tps(reference['tok_per_s'])}",
+            f"{calls['jit.py:695(run)']:,} Triton launches", f"{calls['(unpack_hook)']:,} unpacks",
+            f"and {engine} s in the autograd engine",
+            f"read **{tps(ours['tok_per_s'])} tok/s** at {gb(ours['peak_bytes'])} GB (memory.estimate: "
+            f"{gb(ours['predicted_peak_bytes'])})",
+            f"its host part {ours['host_step_s'] * 1e3:.1f} ms of an {ours['step_s'] * 1e3:.1f} ms step, against "
+            f"{tps(anchor['tok_per_s'])} tok/s",
+            f"**{times(g['speed_ratio'])}** at {times(g['memory_ratio'])} its memory"]
+
+
 def speed_fast(run1, run2):
     rows = {}
     for run, result in ((1, run1), (2, run2)):
@@ -1036,6 +1069,13 @@ CHECKS = [   # in the order of the docs
     Text("next milliseconds", "docs/speed.md",
          (H200 + "profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_final_run2.txt",
           H200 + "inductor_kernels_0.5b_lora_backward_2026-12-02.txt"), next_milliseconds),
+    Text("cat lowering", "docs/speed.md",
+         tuple(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_cat_{v}.txt" for v in ("pointwise", "concat_kernel")),
+         cat_lowering),
+    Text("lean host-bound", "docs/speed.md",
+         (H200 + "bench_gpu_2026-12-02_final.json", H200 + "host_time_lean_2026-12-02.jsonl",
+          H200 + "host_time_0.5b_lora_lean_2026-12-02.jsonl", H200 + "host_time_lean_cprofile_2026-12-02.txt",
+          H200 + "bench_0.5b_lora_lean-graph_2026-12-02.json"), lean_host_bound),
     Table("fast", "docs/speed.md", FAST, 3, speed_fast),
     Text("fast, after", "docs/speed.md", (*FAST, H200 + "bench_7b_qlora_fast-compile_bf16.json"), speed_fast_after),
     Table("profiles", "docs/speed.md", PROFILES, 1, speed_profile,
