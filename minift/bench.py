@@ -110,17 +110,7 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
     static = (torch.cuda.memory_allocated() - static) if device.type == "cuda" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    times, host_times = [], []
-    for _ in range(steps):
-        ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(device)
-        targets = ids.roll(-1, dims=1)
-        sync()
-        t0 = time.perf_counter()
-        step(ids, targets)
-        host_times.append(time.perf_counter() - t0)   # Python and kernel launches: the host's share
-        sync()
-        times.append(time.perf_counter() - t0)
+    times, host_times = time_steps(step, cfg.vocab_size, batch, seq, steps, device)
     steady = median_steady(times)
     fused_groups = sum(layer.self_attn.qkv_weight is not None for layer in model.model.layers) + \
         sum(layer.mlp.gate_up_weight is not None for layer in model.model.layers)
@@ -128,6 +118,25 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
                 peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
                 step_s=steady, host_step_s=median_steady(host_times), first_step_s=times[0],
                 tok_per_s=batch * seq / steady)
+
+
+def time_steps(step, vocab_size: int, batch: int, seq: int, steps: int, device) -> tuple[list, list]:
+    """Run step(ids, targets) `steps` times on random tokens (seeded): each step's wall time (until
+    the device is done) and its host part (until step() returns: Python, autograd, kernel launches)."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    times, host_times = [], []
+    for _ in range(steps):
+        ids = torch.randint(0, vocab_size, (batch, seq), generator=gen).to(device)   # (batch, seq)
+        targets = ids.roll(-1, dims=1)
+        sync()
+        t0 = time.perf_counter()
+        step(ids, targets)
+        host_times.append(time.perf_counter() - t0)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times, host_times
 
 
 def median_steady(seconds: list[float]) -> float:

@@ -16,11 +16,10 @@ import cProfile
 import io
 import json
 import pstats
-import time
 
 import torch
 
-from minift.bench import MODES, Row, median_steady, training_step
+from minift.bench import MODES, Row, median_steady, time_steps, training_step
 from minift.config import ModelConfig
 from minift.kernels.dispatch import kernel_mode
 
@@ -35,32 +34,18 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("host_time needs a CUDA GPU: on a CPU the host and the device are the same cores")
     row = Row(*a.row.split(":"))
-    mode = MODES[row.mode]
     cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
-    _, step = training_step(cfg, row.method, grad_ckpt=mode["grad_ckpt"], loss_chunk=mode["loss_chunk"],
-                            compile=mode["compile"], cuda_graph=mode["cuda_graph"], lora_compute=row.lora_compute,
-                            fused=False if a.unfused else None)
+    _, step = training_step(cfg, row.method, lora_compute=row.lora_compute, fused=False if a.unfused else None,
+                            **MODES[row.mode])
     torch.cuda.reset_peak_memory_stats()
-    gen = torch.Generator().manual_seed(0)
-    wall, host = [], []
-    for _ in range(a.steps):
-        ids = torch.randint(0, cfg.vocab_size, (row.batch, row.seq), generator=gen).cuda()
-        targets = ids.roll(-1, dims=1)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step(ids, targets)
-        host.append(time.perf_counter() - t0)
-        torch.cuda.synchronize()
-        wall.append(time.perf_counter() - t0)
+    wall, host = time_steps(step, cfg.vocab_size, row.batch, row.seq, a.steps, "cuda")
     print(json.dumps(dict(row=a.row, unfused=a.unfused, kernels=kernel_mode(), step_s=median_steady(wall),
                           host_step_s=median_steady(host), tok_per_s=row.batch * row.seq / median_steady(wall),
                           peak_bytes=torch.cuda.max_memory_allocated())), flush=True)
     if a.profile:
         profiler = cProfile.Profile()
         profiler.enable()
-        for _ in range(3):
-            step(ids, targets)
-        torch.cuda.synchronize()
+        time_steps(step, cfg.vocab_size, row.batch, row.seq, 3, "cuda")
         profiler.disable()
         with open(a.profile, "w") as f:
             for order in ("tottime", "cumulative"):
