@@ -15,7 +15,7 @@ Rows (batch 4 x 1024, LoRA r=16 on all seven projections, Qwen2.5 architectures,
 --rows gpu is the issue-11 check: the fast rows with every anchor and the 0.5B lean row, eager and
 as a CUDA graph (the recipes replay one when every batch has one shape); fits ~6 minutes. Every
 side records host_step_s beside step_s: the eager lean step is host-bound (docs/speed.md).
-Writes results.json and table.md under --out and prints the table.
+Writes bench_<rows or row>.json and .md under --out and prints the table.
 """
 import argparse
 import datetime
