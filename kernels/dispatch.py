@@ -20,7 +20,6 @@ switch it without re-importing anything.
 Every op here has the signature of its reference, which lives beside its kernel:
     rms_norm(x, weight, eps)            kernels/rmsnorm.py   rms_norm_reference
     apply_rope(x, cos, sin)             kernels/rope.py      apply_rope_reference
-    rope_qkv(qkv, cos, sin, nh, nkv)    kernels/rope.py      rope_qkv_reference
     swiglu(gate, up)                    kernels/swiglu.py    swiglu_reference
     dequantize_nf4(packed, state, out_dtype=None)
                                         kernels/nf4.py       dequantize (the reference)
@@ -54,10 +53,8 @@ def kernel_mode() -> str:
     return mode
 
 
-def use_triton(*tensors: torch.Tensor, operator: bool = False) -> bool:
-    """Decide reference vs Triton for an op whose operands are `tensors` (see the module doc).
-    operator=True: the kernel runs inside a torch.library operator, which torch.compile keeps as one
-    node of its graph (no break), so it runs under the compiler too (rope_qkv below)."""
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """Decide reference vs Triton for an op whose operands are `tensors` (see the module doc)."""
     mode = kernel_mode()
     if mode == "reference":
         return False
@@ -65,7 +62,7 @@ def use_triton(*tensors: torch.Tensor, operator: bool = False) -> bool:
         if not triton_available():
             raise RuntimeError("MINIFT_KERNELS=triton but triton is not installed (pip install triton)")
         return True
-    if torch.compiler.is_compiling() and not operator:
+    if torch.compiler.is_compiling():
         # Under torch.compile the compiler fuses the reference ops itself; a hand-written kernel
         # inside an autograd.Function is opaque to it and splits the graph. On the H200, the 0.5B
         # LoRA row of minift.bench with compiled layers ran at ~25k tok/s with the Triton kernels
@@ -94,20 +91,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
             and x.shape[3] % 2 == 0 and x.numel() > 0):
         return rope.apply_rope_triton(x, cos, sin)
     return rope.apply_rope_reference(x, cos, sin)
-
-
-def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv: int) -> tuple:
-    """q, k, v heads out of one (B, T, (nh + 2 nkv) hd) product, q and k rotated: q (B, nh, T, hd),
-    k and v (B, nkv, T, hd). On CUDA an operator whose backward writes one d qkv (kernels/rope.py, Note:
-    q, k and v from one tensor), compiled or not."""
-    from minift.kernels import rope
-    hd = cos.shape[-1]
-    if (use_triton(qkv, cos, sin, operator=True) and qkv.dtype in _FLOAT_DTYPES and cos.dtype == sin.dtype == qkv.dtype
-            and not (cos.requires_grad or sin.requires_grad) and qkv.dim() == 3 and qkv.stride(-1) == 1
-            and cos.shape == sin.shape == (qkv.shape[0], qkv.shape[1], hd) and hd % 2 == 0
-            and qkv.shape[-1] == (n_heads + 2 * n_kv) * hd and qkv.numel() > 0):
-        return rope.rope_qkv_triton(qkv, cos, sin, n_heads, n_kv)
-    return rope.rope_qkv_reference(qkv, cos, sin, n_heads, n_kv)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

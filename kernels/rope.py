@@ -136,20 +136,12 @@ def _rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, backw
                          f"{tuple(sin.shape)}")
     if hd % 2:
         raise ValueError(f"rope.py: head_dim must be even, got {hd}")
-    if out_dtype is None:
-        out_dtype = torch.promote_types(x.dtype, cos.dtype)
-    y = torch.empty_like(x, dtype=out_dtype)      # same strides as x (preserve_format)
-    _launch(x, cos, sin, y, backward)
-    return y
-
-
-def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, y: torch.Tensor, backward: bool) -> None:
-    """y = x rotated (backward: rotated back), both (B, n, T, hd) of any strides whose last is 1:
-    a view into a wider tensor is read or written in place."""
-    B, nh, T, hd = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
     cos = cos if cos.stride(-1) == 1 else cos.contiguous()
     sin = sin if sin.stride(-1) == 1 else sin.contiguous()
+    if out_dtype is None:
+        out_dtype = torch.promote_types(x.dtype, cos.dtype)
+    y = torch.empty_like(x, dtype=out_dtype)      # same strides as x (preserve_format)
     half = hd // 2
     block_d = triton.next_power_of_2(half)
     block_h = min(triton.next_power_of_2(nh), max(1, 2048 // block_d))
@@ -160,99 +152,4 @@ def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, y: torch.Tens
                        HALF=half, BLOCK_H=block_h, BLOCK_D=block_d, BACKWARD=backward,
                        num_warps=4 if block_h * block_d >= 1024 else 2,
                        enable_fp_fusion=False)  # no fma: fp32 rounds like PyTorch's mul-then-add
-
-
-# --------------------------------------------------------------------------- the fused q/k/v layout
-#
-# Note: q, k and v from one tensor. When q, k and v come out of one matmul (minift/fused_projections.py),
-# they are column slices of one (B, T, (nh + 2 nkv) hd) output. rope_qkv takes that output whole:
-# its forward rotates q and k and copies v out of it, and its backward writes d q, d k (rotated back)
-# and d v straight into one (B, T, (nh + 2 nkv) hd) gradient, the layout the fused matmul's backward
-# reads. It is an operator of its own (torch.library), so torch.compile keeps it as one node of the
-# layer's graph instead of tracing the reference. Why: for the reference, the compiler wrote the
-# backward as one kernel computing each element of that gradient with the index arithmetic of the
-# transposes and the concatenation, 39 us a layer on the H200 for ~19 MB
-# (results/h200/inductor_kernels_0.5b_lora_backward_2026-12-02.txt). Measured on one layer of
-# Qwen2.5-0.5B's shapes at 4 x 1024 tokens (ab probe, results/h200/probe_rope_qkv_2026-12-02.json):
-# the rotation's kernels took 24 us (forward and backward) against the compiled reference's 49.
-
-def heads(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, T, n * hd) -> (B, n, T, hd), a view."""
-    return t.unflatten(-1, (n, -1)).transpose(1, 2)
-
-
-def qkv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv: int) -> tuple:
-    """(B, T, nh hd), (B, T, nkv hd) x 2 -> (B, nh, T, hd), (B, nkv, T, hd) x 2, views but for v."""
-    # v may be columns of one (B, T, q + k + v) output; attention keeps v for backward, and a view
-    # would keep all of that output alive (q and k are copied by RoPE anyway)
-    return heads(q, n_heads), heads(k, n_kv), heads(v.contiguous(), n_kv)
-
-
-def rope_qkv_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv: int):
-    """qkv (B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k and v (B, nkv, T, hd); q and k rotated."""
-    hd = cos.shape[-1]
-    q, k, v = qkv_heads(*qkv.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1), n_heads, n_kv)
-    return apply_rope_reference(q, cos, sin), apply_rope_reference(k, cos, sin), v
-
-
-def rope_qkv_triton(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, n_kv: int):
-    """rope_qkv_reference through the operator below (Note: q, k and v from one tensor)."""
-    return rope_qkv(qkv, cos, sin, n_heads, n_kv)
-
-
-def _new_heads(like: torch.Tensor, n: int, hd: int) -> torch.Tensor:
-    """An empty (B, n, T, hd) whose memory is (B, T, n, hd), as a view of q out of a (B, T, n hd)
-    product would be: attention's gradients come back in that layout and the kernel reads them in place."""
-    B, T = like.shape[:2]
-    return like.new_empty((B, T, n, hd)).transpose(1, 2)
-
-
-@torch.library.custom_op("minift::rope_qkv", mutates_args=())
-def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int,
-             n_kv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """qkv (B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k (B, nkv, T, hd) rotated, v (B, nkv, T, hd) a copy."""
-    hd = cos.shape[-1]
-    q, k, v = qkv.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)       # (B, T, n hd) views
-    q_out, k_out, v_out = _new_heads(qkv, n_heads, hd), _new_heads(qkv, n_kv, hd), _new_heads(qkv, n_kv, hd)
-    _launch(heads(q, n_heads), cos, sin, q_out, backward=False)
-    _launch(heads(k, n_kv), cos, sin, k_out, backward=False)
-    v_out.copy_(heads(v, n_kv))
-    return q_out, k_out, v_out
-
-
-@torch.library.custom_op("minift::rope_qkv_backward", mutates_args=())
-def rope_qkv_backward(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor, cos: torch.Tensor,
-                      sin: torch.Tensor) -> torch.Tensor:
-    """d q (B, nh, T, hd), d k, d v (B, nkv, T, hd), any strides -> d qkv (B, T, (nh + 2 nkv) hd)."""
-    (B, n_heads, T, hd), n_kv = grad_q.shape, grad_k.shape[1]
-    grad = grad_q.new_empty((B, T, (n_heads + 2 * n_kv) * hd))
-    d_q, d_k, d_v = grad.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=-1)  # (B, T, n hd) views
-    _launch(grad_q, cos, sin, heads(d_q, n_heads), backward=True)
-    _launch(grad_k, cos, sin, heads(d_k, n_kv), backward=True)
-    heads(d_v, n_kv).copy_(grad_v)
-    return grad
-
-
-@rope_qkv.register_fake
-def _(qkv, cos, sin, n_heads, n_kv):
-    hd = cos.shape[-1]
-    return _new_heads(qkv, n_heads, hd), _new_heads(qkv, n_kv, hd), _new_heads(qkv, n_kv, hd)
-
-
-@rope_qkv_backward.register_fake
-def _(grad_q, grad_k, grad_v, cos, sin):
-    (B, n_heads, T, hd), n_kv = grad_q.shape, grad_k.shape[1]
-    return grad_q.new_empty((B, T, (n_heads + 2 * n_kv) * hd))
-
-
-def _rope_qkv_setup(ctx, inputs, output):
-    _, cos, sin, _, _ = inputs
-    ctx.save_for_backward(cos, sin)              # shared by every layer: no memory of its own
-
-
-def _rope_qkv_backward(ctx, grad_q, grad_k, grad_v):
-    cos, sin = ctx.saved_tensors
-    return rope_qkv_backward(grad_q, grad_k, grad_v, cos, sin), None, None, None, None
-
-
-rope_qkv.register_autograd(_rope_qkv_backward, setup_context=_rope_qkv_setup)
+    return y

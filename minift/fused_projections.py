@@ -71,48 +71,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pro
     nn.Linear), in the order of its rows. Each adapter computes what LoRALinear.forward does:
     y + (dropout(x) @ A^T @ B^T) * scaling in the adapter's compute dtype, cast back to y's.
     Adapters computing in the base's dtype do it inside the base's matmul (Note: the adapters
-    inside the base's matmul); the outputs are then views of one (..., sum of outs) tensor, which
-    product() returns whole. In another dtype (fp32 adapter math over a bf16 base) each output is
-    its own tensor, base plus update, so that the update is added where the output is next read
-    (RoPE, SwiGLU), as in the unfused model, and not in a pass of its own over the whole
-    (..., sum of outs) (measured on the H200: that pass, and its backward, cost more than the fused
-    matmuls saved)."""
+    inside the base's matmul); the outputs are then views of one (..., sum of outs) tensor. In
+    another dtype (fp32 adapter math over a bf16 base) each output is its own tensor, base plus
+    update, so that the update is added where the output is next read (RoPE, SwiGLU), as in the
+    unfused model, and not in a pass of its own over the whole (..., sum of outs) (measured on
+    the H200: that pass, and its backward, cost more than the fused matmuls saved)."""
     outs = [p.out_features for p in projections]
-    joined = product(x, weight, bias, projections)
-    if joined is not None:
-        return joined.split(outs, dim=-1)                                       # (..., out) each, views
-    cd = _compute_dtype(projections)
-    xa = _stacked_down(x, projections, cd)                                      # (..., sum r)
+    if not hasattr(projections[0], "lora_A"):
+        return F.linear(x, weight, bias).split(outs, dim=-1)                    # (..., out) each, views
+    first = projections[0]
+    cd = first.compute_dtype or first.lora_A.weight.dtype
+    dropped = first.lora_dropout(x.to(cd))                                      # (..., in), one mask
+    stacked_a = torch.cat([p.lora_A.weight.to(cd) for p in projections])        # (sum r, in)
+    xa = F.linear(dropped, stacked_a)                                           # (..., sum r)
+    if cd == weight.dtype == x.dtype:   # Note: the adapters inside the base's matmul
+        b = torch.block_diag(*[p.lora_B.weight.to(cd) * p.scaling for p in projections])  # (sum out, sum r)
+        return base_and_adapters(x, xa, weight, bias, b).split(outs, dim=-1)
     ys = F.linear(x, weight, bias).split(outs, dim=-1)                          # (..., out) each, views
     parts = xa.split([p.r for p in projections], dim=-1)                        # (..., r) each
     return tuple((yi + F.linear(part, p.lora_B.weight.to(cd)) * p.scaling).to(yi.dtype)   # (..., out)
                  for yi, part, p in zip(ys, parts, projections))
-
-
-def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, projections) -> torch.Tensor | None:
-    """The group's outputs side by side, (..., sum of outs), when one matmul makes them all: plain
-    bases, or adapters computing in the base's dtype (Note: the adapters inside the base's
-    matmul). None when the adapters compute in another dtype: linear() then adds each update apart."""
-    if not hasattr(projections[0], "lora_A"):
-        return F.linear(x, weight, bias)                                        # (..., sum out)
-    cd = _compute_dtype(projections)
-    if not cd == weight.dtype == x.dtype:
-        return None
-    xa = _stacked_down(x, projections, cd)                                      # (..., sum r)
-    b = torch.block_diag(*[p.lora_B.weight.to(cd) * p.scaling for p in projections])  # (sum out, sum r)
-    return base_and_adapters(x, xa, weight, bias, b)                            # (..., sum out)
-
-
-def _compute_dtype(projections) -> torch.dtype:
-    first = projections[0]
-    return first.compute_dtype or first.lora_A.weight.dtype
-
-
-def _stacked_down(x: torch.Tensor, projections, cd: torch.dtype) -> torch.Tensor:
-    """dropout(x) @ [A_1; A_2; ...]^T in dtype cd, (..., sum r): one mask and one product for the group."""
-    dropped = projections[0].lora_dropout(x.to(cd))                             # (..., in), one mask
-    stacked_a = torch.cat([p.lora_A.weight.to(cd) for p in projections])        # (sum r, in)
-    return F.linear(dropped, stacked_a)                                         # (..., sum r)
 
 
 def fusable(projections) -> bool:

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minift import fused_projections
 from minift.config import ModelConfig
-from minift.kernels import linear_cross_entropy_fused, dispatch, rope
+from minift.kernels import linear_cross_entropy_fused, dispatch
 
 
 class RMSNorm(nn.Module):
@@ -112,17 +112,17 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
         B, T, _ = x.shape
         if self.qkv_weight is not None:   # one matmul for the three (and one for their adapters)
-            projections = (self.q_proj, self.k_proj, self.v_proj)
-            qkv = fused_projections.product(x, self.qkv_weight, self.qkv_bias, projections)  # (B, T, q+k+v) or None
-            if qkv is not None:
-                # heads and RoPE out of the one output; on CUDA an operator whose backward writes
-                # one d qkv (kernels/rope.py, Note: q, k and v from one tensor)
-                q, k, v = dispatch.rope_qkv(qkv, cos, sin, self.n_heads, self.n_kv)
-            else:
-                q, k, v = self._rotated_heads(*fused_projections.linear(x, self.qkv_weight, self.qkv_bias,
-                                                                        projections), cos, sin)
+            q, k, v = fused_projections.linear(x, self.qkv_weight, self.qkv_bias,
+                                               (self.q_proj, self.k_proj, self.v_proj))
+            # v may be columns of one (B, T, q + k + v) output; attention keeps v for backward, and
+            # a view would keep all of that output alive (q and k are copied by RoPE anyway)
+            v = v.contiguous()
         else:
-            q, k, v = self._rotated_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos, sin)
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)               # (B, T, nh*hd), (B, T, nkv*hd) x 2
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)                  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)                     # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)                     # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)                         # (B, nkv, S, hd), S = past + T
         if self.impl == "eager":
@@ -134,11 +134,6 @@ class Attention(nn.Module):
                                                enable_gqa=self.n_kv != self.n_heads)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd)              # (B, T, nh*hd)
         return self.o_proj(y)
-
-    def _rotated_heads(self, q, k, v, cos, sin):
-        """(B, T, nh*hd), (B, T, nkv*hd) x 2 -> heads (B, nh, T, hd), (B, nkv, T, hd) x 2, q and k rotated."""
-        q, k, v = rope.qkv_heads(q, k, v, self.n_heads, self.n_kv)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 def eager_attention(q, k, v, mask):

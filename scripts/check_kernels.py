@@ -12,9 +12,7 @@ For each op, on fresh random inputs at realistic shapes (4096 tokens; Qwen2.5-0.
              and that as a fraction of 4.3 TB/s and of a device-to-device copy measured in this run.
 NF4 dequantize is timed beside the PyTorch reference and, if bitsandbytes imports, its
 dequantize_4bit. The fused linear + cross-entropy (pure PyTorch) is timed against the chunked
-reference with the Qwen2.5 vocabulary, with peak memory. rope_qkv (forward and backward together)
-is timed as a CUDA graph, the GPU's time alone: launched from Python, the operator's host work
-takes longer than its kernels, which the fast path's graph does not pay.
+reference with the Qwen2.5 vocabulary, with peak memory.
 """
 from __future__ import annotations
 
@@ -50,29 +48,6 @@ def bench(fn):
             a.record(); fn(); b.record(); torch.cuda.synchronize()
             times.append(a.elapsed_time(b) / 1e3)
         return sorted(times)[len(times) // 2]
-
-
-def bench_graphed(fn, replays: int = 100):
-    """Median seconds of fn() replayed as a CUDA graph: the GPU's time alone, for ops so short that
-    launching them from Python takes longer than running them (as it does inside the fast path's graph)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()                                        # warm-up, compile, autograd's first pass
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(7):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(replays):
-            graph.replay()
-        b.record(); torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / replays)
-    return sorted(times)[len(times) // 2]
 
 
 class Report:
@@ -173,38 +148,6 @@ def check_rope(rep: Report, dtype):
             out = fn(x, cos, sin)
             rep.speed("rope bwd", shape, impl,
                       bench(lambda: torch.autograd.grad(out, x, dy, retain_graph=True)), nbytes)
-
-
-def check_rope_qkv(rep: Report, dtype):
-    """The fused-layout operator (kernels/rope.py, Note: q, k and v from one tensor) against its
-    reference, eager and compiled (the compiled reference is what the fast path ran before)."""
-    from minift.kernels import rope
-    for nh, nkv, hd in ((14, 2, 64), (28, 4, 128)):                      # Qwen2.5-0.5B, Qwen2.5-7B
-        B, T = 4, 1024
-        shape = f"qkv {B}x{T}x({nh}+2x{nkv})x{hd}"
-        qkv = torch.randn(B, T, (nh + 2 * nkv) * hd, device="cuda").to(dtype).requires_grad_()
-        inv_freq = 1.0 / (1e6 ** (torch.arange(0, hd, 2, device="cuda").float() / hd))
-        pos = torch.arange(T, device="cuda").float().expand(B, T)
-        emb = torch.cat([pos[..., None] * inv_freq] * 2, dim=-1)
-        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        outs, refs = rope.rope_qkv_triton(qkv, cos, sin, nh, nkv), rope.rope_qkv_reference(qkv, cos, sin, nh, nkv)
-        dys = [torch.randn(r.shape, device="cuda").to(dtype) for r in refs]
-        q64 = qkv.detach().double().requires_grad_()
-        refs64 = rope.rope_qkv_reference(q64, cos.double(), sin.double(), nh, nkv)
-        (grad,), (grad_ref,), (grad64,) = (torch.autograd.grad(o, i, d, retain_graph=True) for o, i, d in (
-            (outs, qkv, dys), (refs, qkv, dys), (refs64, q64, [d.double() for d in dys])))
-        for name, out, ref, ref64 in zip("qkv", outs, refs, refs64):
-            rep.accuracy("rope_qkv", shape, dtype, name, rel_err(out, ref64), rel_err(ref, ref64),
-                         bit_equal=bool(torch.equal(out, ref)), require_bits=True)  # rope.py Note: numerics
-        rep.accuracy("rope_qkv", shape, dtype, "d qkv", rel_err(grad, grad64), rel_err(grad_ref, grad64))
-        s = qkv.element_size()
-        nbytes = 2 * 2 * qkv.numel() * s + 2 * 2 * cos.numel() * s      # forward and backward: read + write
-        compiled = torch.compile(rope.rope_qkv_reference)
-        for impl, fn in (("operator", rope.rope_qkv_triton), ("torch reference", rope.rope_qkv_reference),
-                         ("compiled reference", compiled)):
-            def fwd_bwd():
-                torch.autograd.grad(fn(qkv, cos, sin, nh, nkv), qkv, dys)
-            rep.speed("rope_qkv fwd+bwd", shape, impl, bench_graphed(fwd_bwd), nbytes, timed="CUDA graph")
 
 
 def check_swiglu(rep: Report, dtype):
@@ -338,7 +281,7 @@ def main():
     ap.add_argument("--out", required=True, help="directory for check_kernels.json")
     ap.add_argument("--dtypes", default="bfloat16,float16,float32",
                     help="comma-separated activation dtypes for rmsnorm/rope/swiglu")
-    ap.add_argument("--only", default="", help="comma-separated sections: copy,rmsnorm,rope,rope_qkv,swiglu,nf4,xent,ce")
+    ap.add_argument("--only", default="", help="comma-separated sections: copy,rmsnorm,rope,swiglu,nf4,xent,ce")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("check_kernels.py needs a CUDA GPU (the Triton kernels run only there; CPU tests: pytest)")
@@ -352,7 +295,6 @@ def main():
     sections = [("copy", lambda: copy_ceiling(rep))]
     for dt in dtypes:
         sections += [("rmsnorm", lambda dt=dt: check_rmsnorm(rep, dt)), ("rope", lambda dt=dt: check_rope(rep, dt)),
-                     ("rope_qkv", lambda dt=dt: check_rope_qkv(rep, dt)),
                      ("swiglu", lambda dt=dt: check_swiglu(rep, dt))]
     sections += [("nf4", lambda: check_nf4(rep)), ("xent", lambda: check_softmax_xent(rep)),
                  ("ce", lambda: check_fused_ce(rep))]

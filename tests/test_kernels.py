@@ -419,32 +419,6 @@ def test_interp_rope(interpreter, dtype, hd):
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_interp_rope_qkv_operator(interpreter, dtype):
-    """The fused-layout operator against the reference over split views: forward the same bits where
-    the reference rounds the same way (as test_interp_rope), d qkv against float64 autograd."""
-    g = _gen(14)
-    B, T, nh, nkv, hd = 2, 5, 4, 2, 12
-    qkv = torch.randn(B, T, (nh + 2 * nkv) * hd, generator=g).to(dtype).requires_grad_()
-    cos, sin = _rope_cos_sin(B, T, hd, dtype, seed=4)
-    outs = dispatch.rope_qkv(qkv, cos, sin, nh, nkv)                          # MINIFT_KERNELS=triton here
-    assert "minift_rope_qkv" in type(outs[0].grad_fn).__name__                    # the operator ran
-    refs = rope.rope_qkv_reference(qkv, cos, sin, nh, nkv)
-    dys = [torch.randn(r.shape, generator=g).to(dtype) for r in refs]
-    (grad,) = torch.autograd.grad(outs, qkv, dys)
-    q64 = qkv.detach().double().requires_grad_()
-    refs64 = rope.rope_qkv_reference(q64, cos.double(), sin.double(), nh, nkv)
-    (grad64,) = torch.autograd.grad(refs64, q64, [d.double() for d in dys])
-    for out, ref, ref64 in zip(outs, refs, refs64):
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        assert rel_err(out, ref64) <= TOL[dtype]
-        if dtype != torch.bfloat16:     # same roundings in the same order (module Note): same bits
-            assert torch.equal(out, ref)
-    assert torch.equal(outs[2], refs[2])                                        # v is a copy
-    assert grad.shape == qkv.shape and grad.dtype == dtype and rel_err(grad, grad64) <= TOL[dtype]
-
-
-@needs_interpreter
-@pytest.mark.parametrize("dtype", DTYPES)
 def test_interp_swiglu(interpreter, dtype):
     g = _gen(13)
     a = (3 * torch.randn(3, 7, 100, generator=g)).to(dtype).requires_grad_()   # 2100: a partial block
