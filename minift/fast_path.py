@@ -19,9 +19,9 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
     later, and Inductor builds C++ there, which not every laptop has. Whether the compiled CPU step is faster was not
     measured (the machine was shared); off until a measurement shows it pays. Off: --no-compile.
   - the CUDA graph (minift/cuda_graph.py, TrainConfig.cuda_graph): on CUDA when every batch has
-    one shape (packed rows do) and grad_accum is 1. With accumulation the graph is left off and
-    the compiled layers stay (a replay overwrites gradients instead of adding to them); a last
-    short batch is dropped (drop_last) rather than turning the graph off. Full training under
+    one shape (packed rows do), with gradient accumulation too (each replay adds its weighted
+    gradients: minift/cuda_graph.py, Note: accumulation); a last short batch is dropped
+    (drop_last) rather than turning the graph off. Full training under
     torchrun (FSDP2) leaves it off too: the shards are gathered and reduced by hooks between the
     layers, which a replay would skip. Off: --no-cuda-graph.
   - fused projections (minift/fused_projections.py): LoRA on CUDA. q/k/v and gate/up of the
@@ -197,10 +197,6 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
         graph_lines.append(f"CUDA graph: off on {world_size} ranks for full training (FSDP2 gathers and "
                            f"reduce-scatters each layer's weights between the layers, from Python hooks a "
                            f"graph cannot capture; the compiled layers stay)")
-    elif grad_accum != 1:
-        graph_lines.append(f"CUDA graph: off, because grad_accum={grad_accum}: a replay overwrites the "
-                           f"gradients instead of adding to them (raise --batch-size and drop accumulation "
-                           f"to get it)")
     elif not one_shape:
         graph_lines.append("CUDA graph: off (the batches change shape; pack the rows to get it)")
     elif num_rows is not None and global_batch and num_rows < global_batch:
@@ -210,7 +206,8 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
         drop_last = short > 0
         dropped = (f"; the last short batch ({short} of {num_rows} rows) is dropped each epoch so every "
                    f"batch has one shape" if drop_last else "")
-        graph_lines.append(f"CUDA graph: on (forward + backward replayed as one launch{dropped}; "
+        accumulated = (f", {grad_accum} micro-batches' gradients added per step" if grad_accum > 1 else "")
+        graph_lines.append(f"CUDA graph: on (forward + backward replayed as one launch{accumulated}{dropped}; "
                            f"--no-cuda-graph to turn off)")
 
     # -- compiled layers

@@ -69,7 +69,7 @@ class FinetuneConfig:
     sample_max_tokens: int = 160
     # The fast path (minift/fast_path.py decides what applies on this device and says why):
     compile: bool | None = None        # compiled decoder layers (CUDA); None: for runs of 1,000+ steps
-    cuda_graph: bool = True            # forward + backward as one CUDA graph (CUDA, one batch shape, grad_accum 1)
+    cuda_graph: bool = True            # forward + backward as one CUDA graph (CUDA, one batch shape)
     adapter_math: str = "bf16"         # "bf16": LoRA matmuls in bf16 over a bf16 base; "fp32": peft's plain math
     fused_projections: bool = True     # q/k/v and gate/up as one matmul each (LoRA on CUDA)
     story_eval: int = 50               # held-out fairytale requests scored before and after (0: off)

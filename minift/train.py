@@ -105,7 +105,7 @@ class TrainConfig:
     max_nan_skips: int = 0               # non-finite steps to skip (no update) before TrainingDiverged
     progress: bool = True                # tqdm progress bar
     cuda_graph: bool = False             # CUDA only: replay forward + backward as one CUDA graph (minift/cuda_graph.py);
-                                         # needs grad_accum 1 and every batch the same shape
+                                         # needs every batch the same shape
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
@@ -134,9 +134,6 @@ class TrainConfig:
                     or self.checkpoint_layers < 0:
                 raise ValueError(f"TrainConfig.checkpoint_layers must be an integer >= 0 (or None: all layers), "
                                  f"got {self.checkpoint_layers!r}")
-        if self.cuda_graph and self.grad_accum != 1:
-            raise ValueError("TrainConfig.cuda_graph replays one micro-batch's backward, which overwrites the "
-                             f"gradients; it needs grad_accum=1 (got {self.grad_accum}): raise the batch size instead")
 
 
 @dataclass
@@ -254,17 +251,17 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
 
             # ---- forward and backward, token-weighted (Note: accumulation)
             step_loss = torch.zeros((), device=device)
+            accumulate = False                     # the graph zeroes the gradients at a step's first replay
             for batch, n in zip(micro, counts):
                 if n == 0:
                     if strategy != "fsdp":
                         continue
                     # FSDP: every rank must run every forward (they gather together); weight 0
                     batch = _with_placeholder_target(batch)
-                if graphed is not None:   # grad_accum is 1: the weight n / n_total is 1 in one process
-                    share = n / n_total     # under torchrun: this rank's part of the global tokens
-                    step_loss += graphed(**_model_inputs(batch, device)) * share
-                    if share != 1.0:
-                        torch._foreach_mul_([p.grad for p in params if p.grad is not None], share)
+                if graphed is not None:   # the weight is inside the graph (minift/cuda_graph.py, Note: accumulation)
+                    share = n / n_total
+                    step_loss += graphed(loss_weight=share, accumulate=accumulate, **_model_inputs(batch, device)) * share
+                    accumulate = True
                     continue
                 with autocast:
                     loss = model(**_model_inputs(batch, device))              # () mean over n tokens

@@ -507,6 +507,39 @@ def cat_lowering(pointwise, concat_kernel):
             f"{peak_gb(pointwise)} GB"] + ([] if peak_gb(pointwise) == peak_gb(concat_kernel) else ["(peaks differ)"])
 
 
+def rope_operator_tried(profiles):
+    def section(name):
+        return profiles.split(f"## {name}\n", 1)[1]
+    def kernels(name):
+        count = int(re.search(r"(\d+) kernels/step", section(name)).group(1))
+        return f"{count:,}"
+    assert peak_gb(section("new_graph")) == peak_gb(section("old_graph"))
+    return [f"the graphed step {wall_ms(section('new_graph'))} ms against {wall_ms(section('old_graph'))} ms "
+            f"without it, {kernels('new_graph')} kernels a step against {kernels('old_graph')}, at the same "
+            f"{peak_gb(section('old_graph'))} GB",
+            f"{wall_ms(section('new_compile'))} ms against {wall_ms(section('old_compile'))} ms"]
+
+
+def recipe_log(log: str) -> dict:
+    """The numbers lora_qwen.py prints about its training phase."""
+    graphed = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", log)   # printed only with the graph on
+    first, steady = graphed.groups() if graphed else (None, None)
+    seconds, tok_s = re.search(r"^training: (\d+) s, ([\d,]+) tok/s", log, re.M).groups()
+    predicted, measured = re.search(r"^memory: predicted peak ([\d.]+) GiB, measured ([\d.]+) GiB", log, re.M).groups()
+    return dict(first=first, steady=steady, tok_s=tok_s, loss=re.findall(r"\| loss ([\d.]+) \|", log)[-1],
+                predicted=predicted, measured=measured)
+
+
+def grad_accum_graph(graph, no_graph, plain):
+    g, n, p = recipe_log(graph), recipe_log(no_graph), recipe_log(plain)
+    assert g["predicted"] == n["predicted"]
+    ratio = int(g["tok_s"].replace(",", "")) / int(n["tok_s"].replace(",", ""))
+    return [f"**{g['tok_s']} tok/s** over the training phase (first step {g['first']} s, steady step {g['steady']} s "
+            f"for two micro-batches) against {n['tok_s']} tok/s", f"**{times(ratio)}**",
+            f"{p['tok_s']} tok/s, steady step {p['steady']} s", f"loss {g['loss']} and {n['loss']}",
+            f"peak of {g['measured']} and {n['measured']} GiB (memory.estimate: {g['predicted']} GiB)"]
+
+
 def lean_host_bound(final, first, scripted, cprofile, graphed):
     lines = [json.loads(line) for line in first.splitlines() if line.strip()]
     default, unfused, reference, hf = lines
@@ -1048,6 +1081,9 @@ CHECKS = [   # in the order of the docs
          (RECIPE_OPERATOR, H200 + "bench_recipe_rerun_2026-12-02.json",
           *(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_docs3_dropout0.05{v}.txt" for v in ("_2026-12-02_operator", ""))),
          recipe_final),
+    Text("grad accumulation keeps the graph", "docs/speed.md",
+         tuple(H200 + f"recipe_grad_accum_2026-12-03/{run}.log" for run in ("accum2_graph", "accum2_nograph", "accum1_graph")),
+         grad_accum_graph),
     Text("when compiling pays", "docs/speed.md",
          tuple(H200 + f for f in ("bench_7b_qlora_fast-graph_bf16.json", "bench_7b_qlora_fast-compile-graph_bf16.json",
                                   "bench_0.5b_lora_fast-graph_bf16.json", "bench_0.5b_lora_fast-compile-graph_bf16.json",
@@ -1072,6 +1108,7 @@ CHECKS = [   # in the order of the docs
     Text("cat lowering", "docs/speed.md",
          tuple(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_cat_{v}.txt" for v in ("pointwise", "concat_kernel")),
          cat_lowering),
+    Text("RoPE operator tried", "docs/speed.md", (H200 + "rope_qkv_operator_tried_2026-12-02.txt",), rope_operator_tried),
     Text("lean host-bound", "docs/speed.md",
          (H200 + "bench_gpu_2026-12-02_final.json", H200 + "host_time_lean_2026-12-02.jsonl",
           H200 + "host_time_0.5b_lora_lean_2026-12-02.jsonl", H200 + "host_time_lean_cprofile_2026-12-02.txt",
