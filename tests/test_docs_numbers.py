@@ -524,7 +524,7 @@ def recipe_log(log: str) -> dict:
     """The numbers lora_qwen.py prints about its training phase."""
     graphed = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", log)   # printed only with the graph on
     first, steady = graphed.groups() if graphed else (None, None)
-    seconds, tok_s = re.search(r"^training: (\d+) s, ([\d,]+) tok/s", log, re.M).groups()
+    tok_s = re.search(r"^training: \d+ s, ([\d,]+) tok/s", log, re.M).group(1)
     predicted, measured = re.search(r"^memory: predicted peak ([\d.]+) GiB, measured ([\d.]+) GiB", log, re.M).groups()
     return dict(first=first, steady=steady, tok_s=tok_s, loss=re.findall(r"\| loss ([\d.]+) \|", log)[-1],
                 predicted=predicted, measured=measured)
