@@ -190,17 +190,28 @@ def _run(cmd, stdin, timeout) -> dict:
     return json.loads(lines[-1])
 
 
-def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]:
+def compare(rows: list[Row], anchor_script: str | None, log=print, repeats: int = 1) -> list[dict]:
     """Each row on both sides (minift only when anchor_script is None); one dict per row with
     the ratios and minift's MFU. r["anchors"] holds every anchor of the row (anchors_for); the
     speed ratio is against the fastest of them and the memory ratio against the leanest, and
-    r["fastest_anchor"], r["leanest_anchor"] name them."""
+    r["fastest_anchor"], r["leanest_anchor"] name them.
+
+    repeats > 1 runs the row's sides that many times, in rounds (minift, then its anchors, then
+    minift again...), because a host-bound side's speed moves from run to run on a shared machine
+    (docs/speed.md: the compiled HF anchor read 45,392 to 76,848 tok/s on the same row). Each side
+    is then its median run (median_run), the ratios are between medians, and
+    r["speed_ratio_rounds"] holds each round's own ratio, so the spread is in the result too."""
     from minift import flops
     results = []
     for row in rows:
-        ours = run_minift_row(row)
+        kinds = anchors_for(row) if anchor_script else ()
+        rounds = []
+        for _ in range(repeats):
+            ours = run_minift_row(row)
+            rounds.append((ours, [run_anchor_row(row, anchor_script, kind) for kind in kinds]))
+        ours = median_run([o for o, _ in rounds])
         r = dict(asdict(row), minift=ours)
-        r["anchors"] = [run_anchor_row(row, anchor_script, kind) for kind in anchors_for(row)] if anchor_script else []
+        r["anchors"] = [median_run([a[i] for _, a in rounds]) for i in range(len(kinds))]
         if "error" not in ours:
             cfg = ModelConfig.preset(f"qwen2.5-{row.size}")
             fpt = flops.flops_per_token(cfg, row.method, row.seq, grad_ckpt=MODES[row.mode]["grad_ckpt"]).model
@@ -212,9 +223,27 @@ def compare(rows: list[Row], anchor_script: str | None, log=print) -> list[dict]
                 r["speed_ratio"] = ours["tok_per_s"] / fastest["tok_per_s"]
                 r["memory_ratio"] = ours["peak_bytes"] / leanest["peak_bytes"]
                 r["fastest_anchor"], r["leanest_anchor"] = fastest.get("side"), leanest.get("side")
+        if repeats > 1:
+            r["speed_ratio_rounds"] = [o["tok_per_s"] / max(a["tok_per_s"] for a in anchors)
+                                       for o, anchors in rounds
+                                       if "error" not in o and anchors and all("error" not in a for a in anchors)]
         results.append(r)
         log(format_row(r))
     return results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Of one side's runs, the one with the median tok/s (the upper middle of an even count, as
+    median_steady), with every successful run's tok/s under "runs_tok_per_s" and the failed runs'
+    errors under "runs_failed". All failed: the first failure."""
+    ok = sorted((run for run in runs if "error" not in run), key=lambda run: run["tok_per_s"])
+    failed = [run["error"] for run in runs if "error" in run]
+    if not ok:
+        return runs[0]
+    if len(runs) == 1:
+        return ok[0]
+    return dict(ok[len(ok) // 2], runs_tok_per_s=[run["tok_per_s"] for run in runs if "error" not in run],
+                runs_failed=failed)
 
 
 TABLE_HEADER = ("| model | method | minift mode | anchors (in order) | minift peak GB | anchor peak GB | "
@@ -227,8 +256,12 @@ def format_row(r: dict) -> str:
     def gb(side):
         return f"{side['peak_bytes'] / 1e9:.2f}" if "peak_bytes" in side else side.get("error", "?")[:60]
 
-    def tps(side):
-        return f"{side['tok_per_s']:,.0f}" if "tok_per_s" in side else "-"
+    def tps(side):   # with repeats, the median run and the range of all runs
+        if "tok_per_s" not in side:
+            return "-"
+        runs = side.get("runs_tok_per_s")
+        spread = f" ({min(runs):,.0f}-{max(runs):,.0f})" if runs else ""
+        return f"{side['tok_per_s']:,.0f}{spread}"
     anchors = r.get("anchors", [])
     ckpt = "grad ckpt" if r["mode"].startswith("lean") else "no ckpt"
     names = " / ".join(a.get("side") or a.get("kind", "?") for a in anchors) or "not run"

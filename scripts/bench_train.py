@@ -12,6 +12,7 @@ Rows (batch 4 x 1024, LoRA r=16 on all seven projections, Qwen2.5 architectures,
                 (7B QLoRA: HF + peft + bitsandbytes + Liger under autocast). The speed ratio is against
                 the fastest anchor, the memory ratio against the leanest.
   lean: minift eager with checkpointing and a 256-token loss chunk vs HF+peft with checkpointing
+--repeats N runs each side N times in rounds and reports medians, each round's ratio beside them.
 --rows gpu is the issue-11 check: the fast rows with every anchor and the 0.5B lean row, eager and
 as a CUDA graph (the recipes replay one when every batch has one shape); fits ~6 minutes. Every
 side records host_step_s beside step_s: the eager lean step is host-bound (docs/speed.md).
@@ -51,6 +52,9 @@ def main(default_rows="all"):
     ap.add_argument("--row", help="one row instead: SIZE:METHOD:MODE[:LORA_COMPUTE], e.g. 0.5b:lora:lean+compile "
                                   "or 7b:qlora:fast+compile:bf16")
     ap.add_argument("--minift-only", action="store_true", help="skip the anchor (a diagnostic: no ratio)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every side this many times, in rounds; each side is its median run and the ratios "
+                         "are between medians (the anchors' speed moves from run to run: docs/speed.md)")
     ap.add_argument("--out", default="bench_out")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -61,8 +65,11 @@ def main(default_rows="all"):
              f"{platform.python_version()}")
     print(f"{stamp}\n{TABLE_HEADER}", flush=True)
     rows = [Row(*a.row.split(":"))] if a.row else ROWS[a.rows]
-    name = a.row.replace(":", "_").replace("+", "-") if a.row else a.rows
-    results = compare(rows, None if a.minift_only else ANCHOR, log=lambda line: print(line, flush=True))
+    name = (a.row.replace(":", "_").replace("+", "-") if a.row else a.rows) + (f"_x{a.repeats}" if a.repeats > 1 else "")
+    if a.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {a.repeats}")
+    results = compare(rows, None if a.minift_only else ANCHOR, log=lambda line: print(line, flush=True),
+                      repeats=a.repeats)
     with open(os.path.join(a.out, f"bench_{name}.json"), "w") as f:
         json.dump(dict(stamp=stamp, results=results), f, indent=2)
     from minift.bench import format_row

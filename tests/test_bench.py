@@ -44,6 +44,32 @@ def test_a_failed_anchor_is_left_out_of_the_ratio():
     assert "speed_ratio" not in r and "CUDA out of memory" in bench.format_row(r)
 
 
+def test_repeats_take_each_sides_median_run_and_keep_every_rounds_ratio():
+    """Three rounds: minift 140k, 150k, 120k tok/s; the compiled anchor 70k, 45k, 50k; Liger
+    slower throughout. Each side is its median run (150k is not minift's median, 140k is), the
+    ratio is between medians (140k / 50k), and each round's own ratio is kept beside it."""
+    row = Row("0.5b", "lora", "fast+compile+graph", "bf16")
+    ours = iter([dict(tok_per_s=t, peak_bytes=5.7e9) for t in (140_000.0, 150_000.0, 120_000.0)])
+    compiled = iter([dict(side="compiled", tok_per_s=t, peak_bytes=9.4e9) for t in (70_000.0, 45_000.0, 50_000.0)])
+    liger = iter([dict(side="liger", tok_per_s=t, peak_bytes=6.0e9) for t in (20_000.0, 19_000.0, 21_000.0)])
+    anchors = {"autocast+compile": compiled, "liger+autocast": liger}
+    with mock.patch.object(bench, "run_minift_row", side_effect=lambda r: next(ours)), \
+            mock.patch.object(bench, "run_anchor_row", side_effect=lambda r, s, kind: next(anchors[kind])):
+        (r,) = bench.compare([row], "anchor_hf.py", log=lambda line: None, repeats=3)
+    assert r["minift"]["tok_per_s"] == 140_000.0 and r["minift"]["runs_tok_per_s"] == [140_000.0, 150_000.0, 120_000.0]
+    assert [a["tok_per_s"] for a in r["anchors"]] == [50_000.0, 20_000.0]
+    assert r["speed_ratio"] == 140_000.0 / 50_000.0 and r["fastest_anchor"] == "compiled"
+    assert r["speed_ratio_rounds"] == [2.0, 150_000.0 / 45_000.0, 120_000.0 / 50_000.0]
+    assert "140,000 (120,000-150,000)" in bench.format_row(r)
+
+
+def test_median_run_leaves_failed_runs_out_and_names_them():
+    runs = [dict(tok_per_s=3.0), {"error": "CUDA out of memory"}, dict(tok_per_s=1.0)]
+    assert bench.median_run(runs) == dict(tok_per_s=3.0, runs_tok_per_s=[3.0, 1.0], runs_failed=["CUDA out of memory"])
+    assert bench.median_run([{"error": "a"}, {"error": "b"}]) == {"error": "a"}
+    assert bench.median_run([dict(tok_per_s=2.0)]) == dict(tok_per_s=2.0)
+
+
 def test_median_steady_skips_the_first_two_steps_and_takes_the_upper_middle():
     # the first two (compile, capture) never count, however slow; of four steady steps the third
     assert bench.median_steady([9.0, 5.0, 0.4, 0.1, 0.3, 0.2]) == 0.3
