@@ -102,13 +102,20 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return swiglu_kernels.swiglu_reference(gate, up)
 
 
-def dequantize_nf4(packed: torch.Tensor, state, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """NF4 codes + quantization state -> the weight, bit for bit what kernels/nf4.dequantize gives."""
+def dequantize_nf4(packed: torch.Tensor, state, out_dtype: torch.dtype | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """NF4 codes + quantization state -> the weight, bit for bit what kernels/nf4.dequantize gives.
+    out: a 2-D tensor of the weight's rows and at least its columns; the weight fills its first
+    columns and out is returned (the Triton kernel writes there directly; the reference is copied)."""
     from minift.kernels import nf4
     from minift.kernels import nf4_triton
-    if use_triton(packed) and nf4_triton.supported(packed, state, out_dtype):
-        return nf4_triton.dequantize_nf4_triton(packed, state, out_dtype)
-    return nf4.dequantize(packed, state, out_dtype)
+    if use_triton(packed) and nf4_triton.supported(packed, state, out_dtype, out):
+        return nf4_triton.dequantize_nf4_triton(packed, state, out_dtype, out=out)
+    weight = nf4.dequantize(packed, state, out_dtype)
+    if out is None:
+        return weight
+    out[:, :weight.shape[1]].copy_(weight)
+    return out
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,9 +41,9 @@ if triton is not None:
 
     @triton.jit
     def _nf4_dequantize_kernel(PACKED, ABSMAX, CODE, NESTED_ABSMAX, NESTED_CODE, OFFSET, OUT,
-                               n, nbytes, nblocks,
+                               n, nbytes, nblocks, in_features, out_row_stride,
                                BS: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
-                               DOUBLE_QUANT: tl.constexpr, NESTED_BS: tl.constexpr):
+                               DOUBLE_QUANT: tl.constexpr, NESTED_BS: tl.constexpr, STRIDED: tl.constexpr):
         blk = tl.program_id(0).to(tl.int64) * BLOCKS_PER_PROGRAM + tl.arange(0, BLOCKS_PER_PROGRAM)  # (NB,)
         blk_mask = blk < nblocks
 
@@ -65,25 +65,44 @@ if triton is not None:
 
         w = values * scale[:, None]                                                     # (NB, BS) fp32
         elem = blk[:, None] * BS + tl.arange(0, BS)[None, :]                            # (NB, BS)
-        tl.store(OUT + elem, w.to(OUT.dtype.element_ty), mask=elem < n)
+        if STRIDED:   # rows out_row_stride apart; a block never straddles two (in_features % BS == 0)
+            first = blk * BS                                                            # (NB,)
+            row_start = (first // in_features) * out_row_stride + first % in_features   # (NB,)
+            dst = row_start[:, None] + tl.arange(0, BS)[None, :]                        # (NB, BS)
+        else:
+            dst = elem
+        tl.store(OUT + dst, w.to(OUT.dtype.element_ty), mask=elem < n)
 
 
-def supported(packed: torch.Tensor, state, out_dtype: torch.dtype | None) -> bool:
+def supported(packed: torch.Tensor, state, out_dtype: torch.dtype | None, out: torch.Tensor | None = None) -> bool:
     """Whether the kernel handles this input (anything else goes to the reference, which also
-    raises the clear errors for malformed input)."""
+    raises the clear errors for malformed input). With `out` (see dequantize_nf4_triton): a 2-D
+    weight whose rows are whole blocks, and `out` a matching row-major tensor."""
     bs = state.blocksize
-    return (triton is not None and packed.dtype == torch.uint8 and packed.numel() == (state.numel + 1) // 2
-            and (out_dtype or state.dtype) in _OUT_DTYPES and 2 <= bs <= 4096 and bs & (bs - 1) == 0
-            and state.code.numel() == 16 and state.numel > 0)
+    ok = (triton is not None and packed.dtype == torch.uint8 and packed.numel() == (state.numel + 1) // 2
+          and (out_dtype or state.dtype) in _OUT_DTYPES and 2 <= bs <= 4096 and bs & (bs - 1) == 0
+          and state.code.numel() == 16 and state.numel > 0)
+    if out is None or not ok:
+        return ok
+    return (len(state.shape) == 2 and state.shape[1] % bs == 0 and out.dim() == 2
+            and out.shape[0] == state.shape[0] and out.shape[1] >= state.shape[1] and out.stride(1) == 1
+            and out.dtype == (out_dtype or state.dtype) and out.device == packed.device)
 
 
-def dequantize_nf4_triton(packed: torch.Tensor, state, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """packed uint8 ((n+1)//2, 1) + NF4State -> the weight (state.shape) in out_dtype or state.dtype."""
+def dequantize_nf4_triton(packed: torch.Tensor, state, out_dtype: torch.dtype | None = None,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
+    """packed uint8 ((n+1)//2, 1) + NF4State -> the weight (state.shape) in out_dtype or state.dtype.
+    out: an (out_features, in_features + extra) tensor whose first in_features columns receive the
+    weight, written in place and returned (minift/quant.py: the adapters inside the NF4 product);
+    supported(..., out) says when."""
     n = state.numel
     state.check_packed(packed)
     dev = packed.device
     packed = packed.contiguous()
-    out = torch.empty(state.shape, dtype=out_dtype or state.dtype, device=dev)
+    strided = out is not None
+    if out is None:
+        out = torch.empty(state.shape, dtype=out_dtype or state.dtype, device=dev)
+    in_features = state.shape[-1] if strided else 1
     bs = state.blocksize
     nblocks = -(-n // bs)
     blocks_per_program = max(1, _TILE_ELEMENTS // bs)
@@ -99,8 +118,8 @@ def dequantize_nf4_triton(packed: torch.Tensor, state, out_dtype: torch.dtype | 
         nested_absmax, nested_code, offset, nested_bs = absmax, code, absmax, 1          # unused
     grid = (triton.cdiv(nblocks, blocks_per_program),)
     _nf4_dequantize_kernel[grid](packed, absmax, code, nested_absmax, nested_code, offset, out,
-                                 n, (n + 1) // 2, nblocks,
+                                 n, (n + 1) // 2, nblocks, in_features, out.stride(0) if strided else 1,
                                  BS=bs, BLOCKS_PER_PROGRAM=blocks_per_program,
-                                 DOUBLE_QUANT=state.double_quant, NESTED_BS=nested_bs,
+                                 DOUBLE_QUANT=state.double_quant, NESTED_BS=nested_bs, STRIDED=strided,
                                  num_warps=8, enable_fp_fusion=False)
     return out

@@ -112,8 +112,7 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
         torch.cuda.reset_peak_memory_stats()
     times, host_times = time_steps(step, cfg.vocab_size, batch, seq, steps, device)
     steady = median_steady(times)
-    fused_groups = sum(layer.self_attn.qkv_weight is not None for layer in model.model.layers) + \
-        sum(layer.mlp.gate_up_weight is not None for layer in model.model.layers)
+    fused_groups = sum(layer.self_attn.fused + layer.mlp.fused for layer in model.model.layers)
     return dict(static_bytes=static, fused_groups=fused_groups,
                 peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
                 step_s=steady, host_step_s=median_steady(host_times), first_step_s=times[0],

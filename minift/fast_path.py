@@ -24,10 +24,10 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
     (drop_last) rather than turning the graph off. Full training under
     torchrun (FSDP2) leaves it off too: the shards are gathered and reduced by hooks between the
     layers, which a replay would skip. Off: --no-cuda-graph.
-  - fused projections (minift/fused_projections.py): LoRA on CUDA. q/k/v and gate/up of the
-    frozen base as one matmul each, the adapters' A products stacked, one dropout mask per group.
-    Not for QLoRA (NF4 bases are dequantized per projection) nor where every weight trains; not on
-    CPU or MPS, where LoRALinear recomputes each adapter's dropout in backward to save memory
+  - fused projections (minift/fused_projections.py): LoRA and QLoRA on CUDA. q/k/v and gate/up
+    of a 16-bit frozen base as one matmul each, the adapters' A products stacked, one dropout mask
+    per group; NF4 bases keep a product each, with the adapters' update inside it (Note: NF4
+    groups). Not where every weight trains; not on CPU or MPS, where LoRALinear recomputes each adapter's dropout in backward to save memory
     and the fused product would keep a dropped copy. Off: --no-fused-projections.
   - the fused chunked loss (kernels/linear_cross_entropy_fused.py): always; minift's model has no
     other training loss, so there is no flag for it.
@@ -173,16 +173,18 @@ def decide(device: torch.device | str, dtype: torch.dtype, *, method: str, one_s
     if method in ("lora", "qlora"):
         if not fused_projections:
             lines.append("fused projections: off (--no-fused-projections)")
-        elif method == "qlora":
-            lines.append("fused projections: off (NF4 bases are dequantized per projection; "
-                         "minift/fused_projections.py)")
         elif not cuda:
             lines.append(f"fused projections: off on {device.type} (each adapter recomputes its dropout "
                          f"in backward there to save memory; minift/lora.py)")
         else:
             use_fused = True
-            lines.append("fused projections: on (q/k/v and gate/up as one matmul each; a group's adapters "
-                         "share one dropout mask; --no-fused-projections to turn off)")
+            if method == "qlora":
+                lines.append("fused projections: on (each NF4 product computes its adapter's update inside "
+                             "it; q/k/v and gate/up share one dropout mask and one down-projection; "
+                             "--no-fused-projections to turn off)")
+            else:
+                lines.append("fused projections: on (q/k/v and gate/up as one matmul each; a group's adapters "
+                             "share one dropout mask; --no-fused-projections to turn off)")
 
     # -- CUDA graph (decided first: a dropped short batch shortens the run, which the compile rule reads)
     graph_lines = []

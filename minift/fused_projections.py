@@ -45,10 +45,20 @@ What fusing does, and undoes on leaving the block:
     mask. The alternative, a dropped copy of x per adapter, is what the fused product avoids
     (seven copies per layer saved for backward become four).
 Only frozen bases: a base being trained (full fine-tuning, or bias="all") would get its gradient
-through the buffer, not through its parameter, so such a group is left unfused. NF4 bases
-(Linear4bit) are left unfused too: their weights are dequantized per projection inside an
-operator (minift/quant.py), and on 7B's wide projections the probe above found little to gain
-(q/k/v 0.173 ms fused against 0.186; gate/up 1.618 against 1.397 forward, slower).
+through the buffer, not through its parameter, so such a group is left unfused.
+
+Note: NF4 groups. NF4 bases (Linear4bit, QLoRA) keep a product each: their weights are
+dequantized per projection inside an operator (minift/quant.py), and on 7B's wide projections the
+probe above found little to gain from one product for the group (q/k/v 0.173 ms fused against
+0.186; gate/up 1.618 against 1.397 forward, slower). What they share is the adapters' side: one
+dropout mask and one stacked down-projection xa for the group, and [x, xa] made once. Each
+projection then computes [x, xa] @ [W, b]^T with b its own B * scaling in its r columns of R
+(zeros in the others'), the dequantize writing W straight into the first columns of that
+(out, in + R) matrix (quant.nf4_linear_with_adapters). On 7B, where gate and up are 18,944 wide,
+this removes per layer the adapters' (..., out) updates, their adds and the backward's
+d y @ B products over q, k, v, gate and up, for 48 or 32 more columns of K = 3,584. It needs the
+adapters to compute in the base's compute dtype (bf16 adapter math over bf16 NF4 products, the
+fast path's QLoRA); otherwise the group is left unfused.
 """
 from __future__ import annotations
 
@@ -57,6 +67,8 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from minift import quant
 
 # (module holding the group, buffer names, the projections in output order)
 GROUPS = (("self_attn", "qkv_weight", "qkv_bias", ("q_proj", "k_proj", "v_proj")),
@@ -76,6 +88,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pro
     update, so that the update is added where the output is next read (RoPE, SwiGLU), as in the
     unfused model, and not in a pass of its own over the whole (..., sum of outs) (measured on
     the H200: that pass, and its backward, cost more than the fused matmuls saved)."""
+    if weight is None:                  # NF4 bases keep their own weights (Note: NF4 groups)
+        return _nf4_group(x, projections)
     outs = [p.out_features for p in projections]
     if not hasattr(projections[0], "lora_A"):
         return F.linear(x, weight, bias).split(outs, dim=-1)                    # (..., out) each, views
@@ -100,7 +114,9 @@ def fusable(projections) -> bool:
     if any(adapted) and not all(adapted):
         return False
     bases = [_base(p) for p in projections]
-    if not all(type(b) is nn.Linear for b in bases):           # Linear4bit and the like: see the Note
+    if all(type(b) is quant.Linear4bit for b in bases):         # Note: NF4 groups
+        return _nf4_fusable(projections, bases)
+    if not all(type(b) is nn.Linear for b in bases):
         return False
     if any(t.requires_grad for b in bases for t in (b.weight, b.bias) if t is not None):
         return False
@@ -145,7 +161,10 @@ def unfuse(done: list) -> None:
 
 
 def _fuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> None:
+    owner.fused = True
     bases = [_base(p) for p in projections]
+    if type(bases[0]) is quant.Linear4bit:   # NF4 groups: no buffer, each base keeps its packed weight
+        return
     weight = torch.cat([b.weight.detach() for b in bases])                      # (sum out, in)
     bias = torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None
     start = 0
@@ -160,6 +179,9 @@ def _fuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> No
 
 
 def _unfuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> None:
+    owner.fused = False
+    if getattr(owner, weight_name) is None:  # an NF4 group: nothing was moved
+        return
     for p in projections:
         b = _base(p)
         b.weight = nn.Parameter(b.weight.detach().clone(), requires_grad=False)
@@ -167,6 +189,36 @@ def _unfuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> 
             b.bias = nn.Parameter(b.bias.detach().clone(), requires_grad=False)
     setattr(owner, weight_name, None)
     setattr(owner, bias_name, None)
+
+
+def _nf4_fusable(projections, bases) -> bool:
+    """NF4 bases (Note: NF4 groups): all adapted, unmerged, one dropout rate, and every adapter
+    computing in its base's compute dtype, so that xa enters the base's product unconverted."""
+    if not all(hasattr(p, "lora_A") and not p.merged for p in projections):
+        return False
+    dtypes = {(p.compute_dtype or p.lora_A.weight.dtype) for p in projections} | {b.compute_dtype for b in bases}
+    return (len(dtypes) == 1 and len({_dropout_p(p) for p in projections}) == 1
+            and len({(b.in_features, b.weight.device) for b in bases}) == 1)
+
+
+def _nf4_group(x: torch.Tensor, projections) -> tuple:
+    """Each NF4 projection's output, base plus adapter update, (..., out) apiece: one dropout mask
+    and one stacked down-projection for the group, then each base's product with the adapters
+    inside it (quant.nf4_linear_with_adapters). See Note: NF4 groups."""
+    first = projections[0]
+    cd = _base(first).compute_dtype
+    x = x.to(cd)
+    dropped = first.lora_dropout(x)                                             # (..., in), one mask
+    stacked_a = torch.cat([p.lora_A.weight.to(cd) for p in projections])        # (R, in), R = sum r
+    xa = F.linear(dropped, stacked_a)                                           # (..., R)
+    x_xa = torch.cat([x, xa], dim=-1)                                           # (..., in + R), one per group
+    outs, start, total_r = [], 0, xa.shape[-1]
+    for p in projections:
+        # this adapter's B * scaling in its own r columns of R, zeros in the others'
+        b = F.pad(p.lora_B.weight.to(cd) * p.scaling, (start, total_r - start - p.r))   # (out, R)
+        outs.append(quant.nf4_linear_with_adapters(x_xa, xa, _base(p), b))      # (..., out)
+        start += p.r
+    return tuple(outs)
 
 
 def _base(p: nn.Module) -> nn.Module:

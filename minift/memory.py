@@ -187,7 +187,8 @@ def _adapter_weights(saved, cfg, targets, r, a, s, *, copies, fused, input_grad)
     A fused group (minift/fused_projections.py) stacks its A's into one new tensor, whatever the
     dtypes; when the adapters compute in the base's dtype (a == s) its B's (times their scaling)
     enter the base's matmul as one block-diagonal (sum of outs, sum of r) tensor, which the
-    product keeps instead, zeros and all (fused_projections.base_and_adapters)."""
+    product keeps instead, zeros and all (fused_projections.base_and_adapters). NF4 groups keep the
+    same bytes: each projection's (out, sum of r) slice of it (quant.nf4_linear_with_adapters)."""
     dims = _shapes(cfg)
     grouped, in_block = set(), set()
     for group, names in (("qkv", ("q_proj", "k_proj", "v_proj")), ("gate_up", ("gate_proj", "up_proj"))):
@@ -286,7 +287,7 @@ def _layer(cfg, n, B, T, s, a, method, targets, r, x_grad, first, cpu=False, tri
     if not trains:
         input_grad = {"q_proj": y1_grad, "k_proj": y1_grad, "v_proj": y1_grad, "o_proj": attn_grad,
                       "gate_proj": y2_grad, "up_proj": y2_grad, "down_proj": p_grad}
-        _adapter_weights(saved, cfg, targets, r, a, s, copies=weight_copies, fused=fused and not qlora,
+        _adapter_weights(saved, cfg, targets, r, a, s, copies=weight_copies, fused=fused,
                          input_grad=input_grad)
 
     # ---- the largest backward temporary of this layer (the MLP's, f ~ 5.4 h dominates).

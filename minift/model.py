@@ -108,10 +108,11 @@ class Attention(nn.Module):
         # set while minift/fused_projections.py fuses q, k and v into one matmul (training); not saved
         self.register_buffer("qkv_weight", None, persistent=False)
         self.register_buffer("qkv_bias", None, persistent=False)
+        self.fused = False   # q, k, v through fused_projections.linear (with the buffers above, or NF4)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
         B, T, _ = x.shape
-        if self.qkv_weight is not None:   # one matmul for the three (and one for their adapters)
+        if self.fused:   # one matmul for the three (and one for their adapters), or NF4 bases sharing x
             q, k, v = fused_projections.linear(x, self.qkv_weight, self.qkv_bias,
                                                (self.q_proj, self.k_proj, self.v_proj))
             # v may be columns of one (B, T, q + k + v) output; attention keeps v for backward, and
@@ -163,11 +164,12 @@ class MLP(nn.Module):
         # set while minift/fused_projections.py fuses gate and up into one matmul (training); not saved
         self.register_buffer("gate_up_weight", None, persistent=False)
         self.register_buffer("gate_up_bias", None, persistent=False)
+        self.fused = False   # gate, up through fused_projections.linear (with the buffers above, or NF4)
 
     def forward(self, x):
         # dispatch.swiglu(gate, up) = F.silu(gate) * up (kernels/swiglu.py; on CUDA a fused kernel
         # whose backward saves gate and up only)
-        if self.gate_up_weight is not None:
+        if self.fused:
             gate, up = fused_projections.linear(x, self.gate_up_weight, self.gate_up_bias,
                                                 (self.gate_proj, self.up_proj))
         else:

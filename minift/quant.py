@@ -118,6 +118,94 @@ def _nf4_linear_backward(ctx, grad_y):
 _nf4_linear.register_autograd(_nf4_linear_backward, setup_context=_nf4_linear_setup)
 
 
+# The NF4 product with LoRA adapters inside it (minift/fused_projections.py, Note: NF4 groups):
+# y = [x, xa] @ [dequantize(W), b]^T + bias, where xa (..., R) is the group's adapters'
+# down-projections side by side and b (out, R) this projection's B * scaling in its own r columns
+# (zeros in the others). The dequantize writes W straight into the first `in` columns of the
+# (out, in + R) matrix (kernels/nf4_triton.py, out=), so the adapters cost R more columns of one
+# product instead of an (..., out) update written, read back and added. Operators of their own
+# for the reason in the Note above: each makes its wide weight and drops it.
+
+def wide_weight(b: torch.Tensor, packed: torch.Tensor, *state_args, compute_dtype: torch.dtype) -> torch.Tensor:
+    """[dequantize(W), b]: (out, in + R) in compute_dtype, transient."""
+    state = nf4_state(*state_args)
+    out_features, in_features = state.shape
+    wide = torch.empty(out_features, in_features + b.shape[1], dtype=compute_dtype, device=packed.device)
+    dispatch.dequantize_nf4(packed, state, compute_dtype, out=wide)      # fills wide[:, :in]
+    wide[:, in_features:] = b
+    return wide
+
+
+@torch.library.custom_op("minift::nf4_linear_with_adapters", mutates_args=())
+def _nf4_linear_with_adapters(x_xa: torch.Tensor, xa: torch.Tensor, bias: torch.Tensor | None, b: torch.Tensor,
+                              packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                              offset: torch.Tensor | None, nested_absmax: torch.Tensor | None,
+                              nested_code: torch.Tensor | None, out_features: int, in_features: int,
+                              blocksize: int, nested_blocksize: int, weight_dtype: torch.dtype,
+                              compute_dtype: torch.dtype) -> torch.Tensor:
+    """x_xa (..., in + R) = [x, xa] in compute_dtype -> x @ W^T + xa @ b^T + bias, (..., out).
+    xa (..., R), the same values as x_xa's last columns, is an input only so that the backward
+    keeps it (for d b) without keeping x_xa."""
+    wide = wide_weight(b, packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
+                       blocksize, nested_blocksize, weight_dtype, compute_dtype=compute_dtype)  # (out, in + R)
+    return F.linear(x_xa, wide, bias)                                          # (..., out)
+
+
+@torch.library.custom_op("minift::nf4_linear_with_adapters_grad_input", mutates_args=())
+def _nf4_linear_with_adapters_grad_input(grad_y: torch.Tensor, b: torch.Tensor, packed: torch.Tensor,
+                                         absmax: torch.Tensor, code: torch.Tensor, offset: torch.Tensor | None,
+                                         nested_absmax: torch.Tensor | None, nested_code: torch.Tensor | None,
+                                         out_features: int, in_features: int, blocksize: int,
+                                         nested_blocksize: int, weight_dtype: torch.dtype,
+                                         compute_dtype: torch.dtype) -> torch.Tensor:
+    """grad_y (..., out) -> [d x, d xa] = grad_y @ [W, b], (..., in + R): one product for both."""
+    wide = wide_weight(b, packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
+                       blocksize, nested_blocksize, weight_dtype, compute_dtype=compute_dtype)  # (out, in + R)
+    return grad_y @ wide.to(grad_y.dtype)                                      # (..., in + R)
+
+
+@_nf4_linear_with_adapters.register_fake
+def _(x_xa, xa, bias, b, packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features,
+      blocksize, nested_blocksize, weight_dtype, compute_dtype):
+    return x_xa.new_empty((*x_xa.shape[:-1], out_features))
+
+
+@_nf4_linear_with_adapters_grad_input.register_fake
+def _(grad_y, b, packed, absmax, code, offset, nested_absmax, nested_code, out_features, in_features, blocksize,
+      nested_blocksize, weight_dtype, compute_dtype):
+    return grad_y.new_empty((*grad_y.shape[:-1], in_features + b.shape[1]))
+
+
+def _nf4_with_adapters_setup(ctx, inputs, output):
+    # keeps xa (..., R) and b (out, R), both small, and the resident packed codes: not x, not W
+    ctx.save_for_backward(inputs[1], inputs[3])
+    ctx.state_args = inputs[4:]
+    ctx.has_bias = inputs[2] is not None
+
+
+def _nf4_with_adapters_backward(ctx, grad_y):
+    xa, b = ctx.saved_tensors
+    grad_x_xa = grad_bias = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x_xa = _nf4_linear_with_adapters_grad_input(grad_y, b, *ctx.state_args)   # (..., in + R)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)                # (out,)
+    if ctx.needs_input_grad[3]:
+        grad_b = grad_y.flatten(0, -2).t() @ xa.flatten(0, -2)                 # (out, R)
+    # xa reaches the loss through x_xa's last columns; its own input here carries no gradient
+    return (grad_x_xa, None, grad_bias, grad_b) + (None,) * len(ctx.state_args)
+
+
+_nf4_linear_with_adapters.register_autograd(_nf4_with_adapters_backward, setup_context=_nf4_with_adapters_setup)
+
+
+def nf4_linear_with_adapters(x_xa: torch.Tensor, xa: torch.Tensor, base: "Linear4bit", b: torch.Tensor) -> torch.Tensor:
+    """base(x) plus the adapters' update, as one product: x_xa = [x, xa] (..., in + R) and b (out, R)
+    in base.compute_dtype (see the comment above _nf4_linear_with_adapters); (..., out)."""
+    bias = None if base.bias is None else base.bias.to(base.compute_dtype)
+    return _nf4_linear_with_adapters(x_xa, xa, bias, b, *base.op_args())
+
+
 class Linear4bit(nn.Module):
     """y = x @ dequantize(W).T + b with W stored as NF4 (bitsandbytes' layout, byte for byte).
 

@@ -194,6 +194,12 @@ def check_nf4(rep: Report):
                 ref = nf4.dequantize(packed, state, od)
                 rep.accuracy("nf4 dequantize", shape, od, "vs ref", rel_err(got, ref), 0.0,
                              bit_equal=bool(torch.equal(got, ref)), require_bits=True)
+                # into the first columns of a wider tensor (minift/quant.py's [W, b]), the rest untouched
+                wide = torch.full((rows, cols + 48), 7.0, device="cuda", dtype=od)
+                nf4_triton.dequantize_nf4_triton(packed, state, od, out=wide)
+                rep.accuracy("nf4 dequantize into [W, b]", shape, od, "vs ref", rel_err(wide[:, :cols], ref), 0.0,
+                             bit_equal=bool(torch.equal(wide[:, :cols], ref) and (wide[:, cols:] == 7.0).all()),
+                             require_bits=True)
             nbytes = n // 2 + (n // 64) * (1 if dq else 4) + n * 2
             rep.speed("nf4 dequantize", shape, "triton",
                       bench(lambda: nf4_triton.dequantize_nf4_triton(packed, state)), nbytes)

@@ -87,14 +87,14 @@ def test_decide(name, kwargs, adapter, compiled, graph, drop_last, phrase):
     assert plan.fused_loss and any(phrase in line for line in plan.lines), plan.lines
     # one line per choice: adapter math and fused projections (when there are adapters), compile, graph, loss
     assert len(plan.lines) == (5 if kwargs["method"] in ("lora", "qlora") else 3)
-    # fused projections: LoRA over a 16-bit base on CUDA only
-    assert plan.fused_projections == (kwargs["method"] == "lora" and kwargs["device"] == "cuda")
+    # fused projections: LoRA and QLoRA on CUDA only
+    assert plan.fused_projections == (kwargs["method"] in ("lora", "qlora") and kwargs["device"] == "cuda")
 
 
 FUSED = [
     ("cuda lora: on", dict(CUDA, method="lora"), True, "fused projections: on"),
     ("flag off", dict(CUDA, method="lora", fused_projections=False), False, "fused projections: off (--no-fused-projections)"),
-    ("qlora: NF4 bases", dict(CUDA, method="qlora"), False, "NF4 bases are dequantized per projection"),
+    ("qlora: NF4 bases", dict(CUDA, method="qlora"), True, "each NF4 product computes its adapter's update"),
     ("cpu: dropout recomputed", dict(device="cpu", dtype=FP32, method="lora"), False, "fused projections: off on cpu"),
     ("full: no line", dict(CUDA, method="full"), False, None),
 ]

@@ -104,6 +104,52 @@ def test_bf16_base_with_bf16_adapter_math_matches_too(seed):
         assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))
 
 
+def nf4_adapted(seed: int = 0) -> minift.Transformer:
+    """QLoRA as the fast path trains it: NF4 bases computing in bf16, bf16 adapter math over fp32
+    adapter weights, biases on q/k/v and the MLP."""
+    model = lora.add_lora(quant.quantize_model(tiny_model(True, dtype=torch.bfloat16, seed=seed)), r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    for m in model.modules():
+        if isinstance(m, lora.LoRALinear):
+            m.compute_dtype = torch.bfloat16
+    return model.train()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nf4_groups_match_the_unfused_model(seed):
+    """NF4 bases with the adapters inside their products (Note: NF4 groups) against the same
+    quantized weights computed in fp64, beside the unfused model: the bf16 noise of the test above."""
+    model = nf4_adapted(seed)
+    exact_loss, exact_grads = loss_and_grads(nf4_adapted(seed).double())   # dequantized to fp64, same codes
+    assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))   # unfused
+    with fused_projections.fused(model) as groups:
+        assert groups == 4
+        assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))
+
+
+def test_nf4_linear_with_adapters_against_autograd():
+    """The NF4 product with the adapters inside: its value is x W^T + xa b^T + bias with W the
+    dequantized weight, and its backward (d [x, xa], d b, d bias) passes torch.autograd.gradcheck
+    in fp64. xa is an input only to be kept for d b, so its own gradient is none."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    base = quant.Linear4bit.from_linear(nn.Linear(64, 6), blocksize=32).double()   # dequantizes to fp64
+    x = torch.randn(2, 3, 64, dtype=torch.float64, generator=g)                          # (..., in)
+    xa = torch.randn(2, 3, 4, dtype=torch.float64, generator=g)                          # (..., R)
+    x_xa = torch.cat([x, xa], dim=-1).requires_grad_()                                   # (..., in + R)
+    b = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)          # (out, R)
+    bias = base.bias.detach().clone().requires_grad_()
+
+    def f(x_xa, b, bias):
+        return quant._nf4_linear_with_adapters(x_xa, x_xa[..., 64:].detach(), bias, b, *base.op_args())
+    assert torch.autograd.gradcheck(f, (x_xa, b, bias))
+    y = quant.nf4_linear_with_adapters(x_xa, xa, base, b)
+    torch.testing.assert_close(y, x @ base.dequantize().T + xa @ b.T + base.bias, rtol=1e-12, atol=1e-12)
+
+
 def test_base_and_adapters_gradients_against_autograd():
     """base_and_adapters' own backward against torch.autograd.gradcheck (fp64, finite differences):
     d x, d xa and d b, and no gradient for the frozen weight and bias."""
@@ -160,10 +206,14 @@ def test_what_is_left_unfused():
     full = tiny_model(False)                                      # every weight trains: the buffer would hide it
     with fused_projections.fused(full) as groups:
         assert groups == 0
-    q4 = quant.quantize_model(tiny_model(False))
-    q4 = lora.add_lora(q4, r=4, alpha=8)
+    q4 = lora.add_lora(quant.quantize_model(tiny_model(False, dtype=torch.bfloat16)), r=4, alpha=8)
     with fused_projections.fused(q4) as groups:
-        assert groups == 0                                        # NF4 bases: dequantized per projection
+        assert groups == 0                                        # fp32 adapter math over bf16 NF4 products
+    for m in q4.modules():
+        if isinstance(m, lora.LoRALinear):
+            m.compute_dtype = torch.bfloat16
+    with fused_projections.fused(q4) as groups:
+        assert groups == 4                                        # bf16 adapter math: the fast path's QLoRA
     only_q = lora.add_lora(tiny_model(False), r=4, alpha=8, targets=["q_proj", "v_proj", "gate_proj", "up_proj"])
     with fused_projections.fused(only_q) as groups:
         assert groups == 2                                        # gate/up in each layer; k has no adapter
@@ -204,6 +254,27 @@ def test_the_recipes_training_block_fuses_trains_and_undoes(caplog):
     assert len(result.losses) == 2
     assert not torch.equal(model.model.layers[0].self_attn.q_proj.lora_A.weight, a_before)  # it trained
     assert all(layer.self_attn.qkv_weight is None and layer.mlp.gate_up_weight is None for layer in model.model.layers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled CUDA path")
+def test_compiled_nf4_groups_on_cuda_match_fp64():
+    """QLoRA as the recipes run it on a GPU: the Triton dequantize writing into the wide weight,
+    compiled layers, fused and not, against the fp64 model on the CPU."""
+    from minift import fast_path
+    model = nf4_adapted(0).cuda()
+    ids, targets = (t.cuda() for t in batch())
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        loss = m(ids, targets)
+        loss.backward()
+        return loss.detach().cpu(), {n: p.grad.cpu() for n, p in m.named_parameters() if p.requires_grad}
+    exact_loss, exact_grads = loss_and_grads(nf4_adapted(0).double())
+    with fast_path.compiled_layers(model, True):
+        assert_near_fp64(*distance_from_fp64(*step(model), exact_loss, exact_grads))      # unfused
+    with fused_projections.fused(model) as groups, fast_path.compiled_layers(model, True):
+        assert groups == 4
+        assert_near_fp64(*distance_from_fp64(*step(model), exact_loss, exact_grads))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled CUDA path")

@@ -464,6 +464,23 @@ def test_interp_nf4_dequantize_bit_exact(interpreter, shape, blocksize, double_q
 
 
 @needs_interpreter
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_interp_nf4_dequantize_into_a_wider_tensor(interpreter, double_quant):
+    """out= (minift/quant.py's wide weight [W, b]): the kernel writes each row's in_features values
+    at the row's start in out, bit for bit what it writes alone, and leaves the extra columns as
+    they were. 300 rows x 128 is 600 blocks of 64, several programs, each row two blocks."""
+    from minift.kernels import nf4
+    w = torch.randn(300, 128, generator=_gen(15)).to(torch.bfloat16)
+    packed, state = nf4.quantize(w, blocksize=64, double_quant=double_quant)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        wide = torch.full((300, 128 + 5), 7.0, dtype=out_dtype)
+        got = dispatch.dequantize_nf4(packed, state, out_dtype, out=wide)             # MINIFT_KERNELS=triton here
+        assert got is wide
+        assert torch.equal(wide[:, :128], dispatch.dequantize_nf4(packed, state, out_dtype)), out_dtype
+        assert bool((wide[:, 128:] == 7.0).all()), out_dtype
+
+
+@needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("V", [300, 4096 + 77])          # one masked block; two blocks, the last partial
 def test_interp_softmax_xent(interpreter, dtype, V):
