@@ -39,11 +39,13 @@ def batch(seed: int = 1):
 
 
 def loss_and_grads(model):
-    ids, targets = batch()
+    """One forward and backward on batch(), on the model's device; the loss and the gradients on the CPU."""
+    device = next(model.parameters()).device
+    ids, targets = (t.to(device) for t in batch())
     model.zero_grad(set_to_none=True)
     loss = model(ids, targets)
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach().cpu(), {n: p.grad.cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 # fp32 on the CPU: the fused matmul sums each output over the same K in the same blocks as the
@@ -257,42 +259,17 @@ def test_the_recipes_training_block_fuses_trains_and_undoes(caplog):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled CUDA path")
-def test_compiled_nf4_groups_on_cuda_match_fp64():
-    """QLoRA as the recipes run it on a GPU: the Triton dequantize writing into the wide weight,
-    compiled layers, fused and not, against the fp64 model on the CPU."""
+@pytest.mark.parametrize("build", [lambda: bf16_adapted(True), lambda: nf4_adapted(0)], ids=["bf16", "nf4"])
+def test_compiled_on_cuda_matches_fp64(build):
+    """What the recipes run on a GPU, compiled, unfused and fused: LoRA over a bf16 base with bf16
+    adapter math, and QLoRA (the Triton dequantize writing into the wide weight [W, b]). The fp64
+    reference runs on the CPU: minift's CUDA kernels (Triton) are written for 16- and 32-bit floats.
+    bf16 on tensor cores: the noise of the CPU bf16 tests above."""
     from minift import fast_path
-    model = nf4_adapted(0).cuda()
-    ids, targets = (t.cuda() for t in batch())
-
-    def step(m):
-        m.zero_grad(set_to_none=True)
-        loss = m(ids, targets)
-        loss.backward()
-        return loss.detach().cpu(), {n: p.grad.cpu() for n, p in m.named_parameters() if p.requires_grad}
-    exact_loss, exact_grads = loss_and_grads(nf4_adapted(0).double())
+    model = build().cuda()
+    exact_loss, exact_grads = loss_and_grads(build().double())
     with fast_path.compiled_layers(model, True):
-        assert_near_fp64(*distance_from_fp64(*step(model), exact_loss, exact_grads))      # unfused
+        assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))      # unfused
     with fused_projections.fused(model) as groups, fast_path.compiled_layers(model, True):
         assert groups == 4
-        assert_near_fp64(*distance_from_fp64(*step(model), exact_loss, exact_grads))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled CUDA path")
-def test_compiled_on_cuda_matches_the_unfused_step():
-    """What the recipes run on a GPU: bf16 base, bf16 adapter math, compiled layers."""
-    from minift import fast_path
-    model = bf16_adapted(True).cuda()
-    ids, targets = (t.cuda() for t in batch())
-
-    def step(m):
-        m.zero_grad(set_to_none=True)
-        loss = m(ids, targets)
-        loss.backward()
-        return loss.detach().cpu(), {n: p.grad.cpu() for n, p in m.named_parameters() if p.requires_grad}
-    # the fp64 reference on the CPU: minift's CUDA kernels (Triton) are written for 16- and 32-bit floats
-    exact_loss, exact_grads = loss_and_grads(bf16_adapted(True).double())
-    # bf16 on tensor cores, compiled both times: the noise of the CPU bf16 test above
-    with fast_path.compiled_layers(model, True):
-        assert_near_fp64(*distance_from_fp64(*step(model), exact_loss, exact_grads))      # unfused
-    with fused_projections.fused(model), fast_path.compiled_layers(model, True):
-        assert_near_fp64(*distance_from_fp64(*step(model), exact_loss, exact_grads))
+        assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))
