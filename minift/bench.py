@@ -205,9 +205,14 @@ def compare(rows: list[Row], anchor_script: str | None, log=print, repeats: int 
     for row in rows:
         kinds = anchors_for(row) if anchor_script else ()
         rounds = []
-        for _ in range(repeats):
+        for i in range(repeats):
             ours = run_minift_row(row)
             rounds.append((ours, [run_anchor_row(row, anchor_script, kind) for kind in kinds]))
+            if repeats > 1:   # a round takes minutes: say what it measured as it ends
+                sides = [("minift", ours)] + [(a.get("side") or a.get("kind", "?"), a) for a in rounds[-1][1]]
+                log(f"round {i + 1}/{repeats} of {row.size} {row.method} {row.mode}: " + ", ".join(
+                    f"{name} {side['tok_per_s']:,.0f} tok/s" if "tok_per_s" in side else f"{name} failed"
+                    for name, side in sides))
         ours = median_run([o for o, _ in rounds])
         r = dict(asdict(row), minift=ours)
         r["anchors"] = [median_run([a[i] for _, a in rounds]) for i in range(len(kinds))]

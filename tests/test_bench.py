@@ -55,7 +55,10 @@ def test_repeats_take_each_sides_median_run_and_keep_every_rounds_ratio():
     anchors = {"autocast+compile": compiled, "liger+autocast": liger}
     with mock.patch.object(bench, "run_minift_row", side_effect=lambda r: next(ours)), \
             mock.patch.object(bench, "run_anchor_row", side_effect=lambda r, s, kind: next(anchors[kind])):
-        (r,) = bench.compare([row], "anchor_hf.py", log=lambda line: None, repeats=3)
+        lines = []
+        (r,) = bench.compare([row], "anchor_hf.py", log=lines.append, repeats=3)
+    assert "round 2/3 of 0.5b lora fast+compile+graph: minift 150,000 tok/s, compiled 45,000 tok/s, " \
+           "liger 19,000 tok/s" in lines
     assert r["minift"]["tok_per_s"] == 140_000.0 and r["minift"]["runs_tok_per_s"] == [140_000.0, 150_000.0, 120_000.0]
     assert [a["tok_per_s"] for a in r["anchors"]] == [50_000.0, 20_000.0]
     assert r["speed_ratio"] == 140_000.0 / 50_000.0 and r["fastest_anchor"] == "compiled"
