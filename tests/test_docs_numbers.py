@@ -520,6 +520,66 @@ def rope_operator_tried(profiles):
             f"{wall_ms(section('new_compile'))} ms against {wall_ms(section('old_compile'))} ms"]
 
 
+def profile_row_ms(profile: str, name: str) -> str:
+    """The ms/step of one row of a profile's tables (a kind, or a kernel whose name starts so)."""
+    return re.search(rf"^\| {re.escape(name)}[^|]* \| ([\d.]+) \|", profile, re.M).group(1)
+
+
+def nf4_groups(fused, unfused):
+    def busy(profile):
+        return re.search(r"GPU busy ([\d.]+) ms", profile).group(1)
+
+    def kernels(profile):
+        count = int(re.search(r"(\d+) kernels/step", profile).group(1))
+        return f"{count:,}"
+    return [f"**{wall_ms(fused)} ms** a step against {wall_ms(unfused)} ms, the GPU busy {busy(fused)} ms against "
+            f"{busy(unfused)}, {kernels(fused)} kernels a step against {kernels(unfused)}, at a peak of "
+            f"{peak_gb(fused)} GB against {peak_gb(unfused)}",
+            f"The matmuls took {profile_row_ms(fused, 'matmul')} ms against {profile_row_ms(unfused, 'matmul')}",
+            f"SwiGLU's forward (which had added the two updates) {profile_row_ms(fused, 'triton_poi_fused_mul_silu')} ms "
+            f"against {profile_row_ms(unfused, 'triton_poi_fused__unsafe_view_add_mul_silu')}",
+            f"the dequantize took {profile_row_ms(fused, '_nf4_dequantize_kernel')} ms against "
+            f"{profile_row_ms(unfused, '_nf4_dequantize_kernel')}",
+            f"copying each projection's b into its matrix "
+            f"{profile_row_ms(fused, 'void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_')} ms"]
+
+
+def in_rounds(r7_run, r05_run):
+    r7, r05 = r7_run["results"][0], r05_run["results"][0]
+
+    def spread(side):
+        return f"{tps(min(side['runs_tok_per_s']))}-{tps(max(side['runs_tok_per_s']))}"
+
+    def rounds(r):
+        *first, last = [times(x) for x in r["speed_ratio_rounds"]]
+        return ", ".join(first) + f" and {last}"
+    anchor7 = r7["anchors"][0]
+    compiled, liger = pick(r05["anchors"], kind="autocast+compile"), pick(r05["anchors"], kind="liger+autocast")
+    assert r7["fastest_anchor"] == anchor7["side"] and r05["fastest_anchor"] == compiled["side"]
+    return [f"minift **{tps(r7['minift']['tok_per_s'])} tok/s** ({spread(r7['minift'])} over the rounds) against "
+            f"{tps(anchor7['tok_per_s'])} ({spread(anchor7)}) for HF + peft + bitsandbytes + Liger under autocast: "
+            f"**{times(r7['speed_ratio'])}**, the rounds {rounds(r7)}, at {gb(r7['minift']['peak_bytes'])} GB against "
+            f"{gb(anchor7['peak_bytes'])} ({times(r7['memory_ratio'])}; memory.estimate "
+            f"{r7['minift']['predicted_over_measured']:.3f}x of the measured peak)",
+            f"0.5B LoRA: {tps(r05['minift']['tok_per_s'])} tok/s ({spread(r05['minift'])}) against "
+            f"{tps(compiled['tok_per_s'])} ({spread(compiled)}) for compiled HF + peft and {tps(liger['tok_per_s'])} "
+            f"for HF + peft + Liger at {gb(liger['peak_bytes'])} GB: **{times(r05['speed_ratio'])}**, the rounds "
+            f"{rounds(r05)}, at {gb(r05['minift']['peak_bytes'])} GB ({times(r05['memory_ratio'])} the leanest)"]
+
+
+def cpt_grad_accum(graph, no_graph):
+    def tok_s(log):
+        return re.search(r"^training: ([\d,]+) tok/s", log, re.M).group(1)
+
+    def loss(log):
+        return re.findall(r"\| loss ([\d.]+) \|", log)[-1]
+    first, steady = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", graph).groups()
+    ratio = int(tok_s(graph).replace(",", "")) / int(tok_s(no_graph).replace(",", ""))
+    return [f"**{tok_s(graph)} tok/s** over the training phase with the graph (first step {first} s, steady step "
+            f"{steady} s) against {tok_s(no_graph)} tok/s with `--no-cuda-graph`: **{times(ratio)}**, ending at loss "
+            f"{loss(graph)} and {loss(no_graph)}"]
+
+
 def recipe_log(log: str) -> dict:
     """The numbers lora_qwen.py prints about its training phase."""
     graphed = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", log)   # printed only with the graph on
@@ -1084,6 +1144,8 @@ CHECKS = [   # in the order of the docs
     Text("grad accumulation keeps the graph", "docs/speed.md",
          tuple(H200 + f"recipe_grad_accum_2026-12-03/{run}.log" for run in ("accum2_graph", "accum2_nograph", "accum1_graph")),
          grad_accum_graph),
+    Text("CPT grad accumulation keeps the graph", "docs/speed.md",
+         tuple(H200 + f"cpt_grad_accum_2026-12-03/cpt_accum2_{v}.log" for v in ("graph", "nograph")), cpt_grad_accum),
     Text("when compiling pays", "docs/speed.md",
          tuple(H200 + f for f in ("bench_7b_qlora_fast-graph_bf16.json", "bench_7b_qlora_fast-compile-graph_bf16.json",
                                   "bench_0.5b_lora_fast-graph_bf16.json", "bench_0.5b_lora_fast-compile-graph_bf16.json",
@@ -1109,6 +1171,11 @@ CHECKS = [   # in the order of the docs
          tuple(H200 + f"profile_0.5b_lora_fast-compile-graph_bf16_2026-12-02_cat_{v}.txt" for v in ("pointwise", "concat_kernel")),
          cat_lowering),
     Text("RoPE operator tried", "docs/speed.md", (H200 + "rope_qkv_operator_tried_2026-12-02.txt",), rope_operator_tried),
+    Text("adapters inside the NF4 product", "docs/speed.md",
+         tuple(H200 + f"nf4_groups_2026-12-03/prof7b_{v}.txt" for v in ("fused", "unfused")), nf4_groups),
+    Text("in rounds", "docs/speed.md",
+         tuple(H200 + f"bench_rounds_2026-12-03/bench_{r}_x3.json"
+               for r in ("7b_qlora_fast-compile-graph_bf16", "0.5b_lora_fast-compile-graph_bf16")), in_rounds),
     Text("lean host-bound", "docs/speed.md",
          (H200 + "bench_gpu_2026-12-02_final.json", H200 + "host_time_lean_2026-12-02.jsonl",
           H200 + "host_time_0.5b_lora_lean_2026-12-02.jsonl", H200 + "host_time_lean_cprofile_2026-12-02.txt",

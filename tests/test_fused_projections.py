@@ -106,10 +106,11 @@ def test_bf16_base_with_bf16_adapter_math_matches_too(seed):
         assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))
 
 
-def nf4_adapted(seed: int = 0) -> minift.Transformer:
+def nf4_adapted(seed: int = 0, dropout: float = 0.0) -> minift.Transformer:
     """QLoRA as the fast path trains it: NF4 bases computing in bf16, bf16 adapter math over fp32
     adapter weights, biases on q/k/v and the MLP."""
-    model = lora.add_lora(quant.quantize_model(tiny_model(True, dtype=torch.bfloat16, seed=seed)), r=4, alpha=8)
+    model = lora.add_lora(quant.quantize_model(tiny_model(True, dtype=torch.bfloat16, seed=seed)), r=4, alpha=8,
+                          dropout=dropout)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -237,16 +238,18 @@ def test_undone_when_the_block_raises():
     assert isinstance(model.model.layers[0].self_attn.q_proj.base_layer.weight, nn.Parameter)
 
 
-def test_the_recipes_training_block_fuses_trains_and_undoes(caplog):
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_the_recipes_training_block_fuses_trains_and_undoes(caplog, method):
     """fast_path.train_with, as the recipes call it with the plan CUDA gets (here on the CPU):
-    it says how many groups it fused, trains the adapters through them, and unfuses after."""
+    it says how many groups it fused, trains the adapters through them, and unfuses after.
+    QLoRA as the capstone's --method qlora runs it: bf16 adapter math, dropout 0.05."""
     import dataclasses
     import logging
     from minift import fast_path
     from minift.train import TrainConfig
-    model = adapted(True)
+    model = adapted(True) if method == "lora" else nf4_adapted(0, dropout=0.05)
     a_before = model.model.layers[0].self_attn.q_proj.lora_A.weight.detach().clone()
-    plan = dataclasses.replace(fast_path.decide("cpu", torch.float32, method="lora", one_shape=True),
+    plan = dataclasses.replace(fast_path.decide("cpu", torch.float32, method=method, one_shape=True),
                                fused_projections=True)
     ids, targets = batch()
     with caplog.at_level(logging.INFO, logger="minift.fast_path"):
@@ -255,6 +258,7 @@ def test_the_recipes_training_block_fuses_trains_and_undoes(caplog):
     assert "fused projections: 4 q/k/v and gate/up groups fused" in caplog.text
     assert len(result.losses) == 2
     assert not torch.equal(model.model.layers[0].self_attn.q_proj.lora_A.weight, a_before)  # it trained
+    assert all(not layer.self_attn.fused and not layer.mlp.fused for layer in model.model.layers)
     assert all(layer.self_attn.qkv_weight is None and layer.mlp.gate_up_weight is None for layer in model.model.layers)
 
 
