@@ -27,8 +27,9 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
   - fused projections (minift/fused_projections.py): LoRA and QLoRA on CUDA. q/k/v and gate/up
     of a 16-bit frozen base as one matmul each, the adapters' A products stacked, one dropout mask
     per group; NF4 bases keep a product each, with the adapters' update inside it (Note: NF4
-    groups). Not where every weight trains; not on CPU or MPS, where LoRALinear recomputes each adapter's dropout in backward to save memory
-    and the fused product would keep a dropped copy. Off: --no-fused-projections.
+    groups). Not where every weight trains; not on CPU or MPS, where LoRALinear recomputes each
+    adapter's dropout in backward to save memory and the fused product would keep a dropped copy.
+    Off: --no-fused-projections.
   - the fused chunked loss (kernels/linear_cross_entropy_fused.py): always; minift's model has no
     other training loss, so there is no flag for it.
 

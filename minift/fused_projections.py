@@ -206,7 +206,7 @@ def _nf4_group(x: torch.Tensor, projections) -> tuple:
     and one stacked down-projection for the group, then each base's product with the adapters
     inside it (quant.nf4_linear_with_adapters). See Note: NF4 groups."""
     first = projections[0]
-    cd = _base(first).compute_dtype
+    cd, out_dtype = _base(first).compute_dtype, x.dtype    # computed in cd, returned in x's dtype, as unfused
     x = x.to(cd)
     dropped = first.lora_dropout(x)                                             # (..., in), one mask
     stacked_a = torch.cat([p.lora_A.weight.to(cd) for p in projections])        # (R, in), R = sum r
@@ -216,7 +216,7 @@ def _nf4_group(x: torch.Tensor, projections) -> tuple:
     for p in projections:
         # this adapter's B * scaling in its own r columns of R, zeros in the others'
         b = F.pad(p.lora_B.weight.to(cd) * p.scaling, (start, total_r - start - p.r))   # (out, R)
-        outs.append(quant.nf4_linear_with_adapters(x_xa, xa, _base(p), b))      # (..., out)
+        outs.append(quant.nf4_linear_with_adapters(x_xa, xa, _base(p), b).to(out_dtype))   # (..., out)
         start += p.r
     return tuple(outs)
 

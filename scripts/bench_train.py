@@ -57,6 +57,8 @@ def main(default_rows="all"):
                          "are between medians (the anchors' speed moves from run to run: docs/speed.md)")
     ap.add_argument("--out", default="bench_out")
     a = ap.parse_args()
+    if a.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {a.repeats}")
     if not torch.cuda.is_available():
         raise SystemExit("bench_train needs a CUDA GPU: the anchor (HF+peft+bitsandbytes) and the memory counter "
                          "torch.cuda.max_memory_allocated are CUDA's. On CPU see scripts/bench_generate.py.")
@@ -66,8 +68,6 @@ def main(default_rows="all"):
     print(f"{stamp}\n{TABLE_HEADER}", flush=True)
     rows = [Row(*a.row.split(":"))] if a.row else ROWS[a.rows]
     name = (a.row.replace(":", "_").replace("+", "-") if a.row else a.rows) + (f"_x{a.repeats}" if a.repeats > 1 else "")
-    if a.repeats < 1:
-        raise SystemExit(f"--repeats must be at least 1, got {a.repeats}")
     results = compare(rows, None if a.minift_only else ANCHOR, log=lambda line: print(line, flush=True),
                       repeats=a.repeats)
     with open(os.path.join(a.out, f"bench_{name}.json"), "w") as f:

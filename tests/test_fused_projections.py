@@ -133,6 +133,24 @@ def test_nf4_groups_match_the_unfused_model(seed):
         assert_near_fp64(*distance_from_fp64(*loss_and_grads(model), exact_loss, exact_grads))
 
 
+def test_nf4_group_returns_the_inputs_dtype_as_unfused():
+    """An fp32 model over NF4 products computing in bf16 (quantize_model(compute_dtype=bf16)):
+    each projection computes in bf16 and hands back fp32, fused or not."""
+    model = lora.add_lora(quant.quantize_model(tiny_model(False), compute_dtype=torch.bfloat16), r=4, alpha=8)
+    attn = model.model.layers[0].self_attn
+    for m in model.modules():
+        if isinstance(m, lora.LoRALinear):
+            m.compute_dtype = torch.bfloat16
+    x = torch.randn(2, 8, 64)
+    unfused = [p(x) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    with fused_projections.fused(model) as groups:
+        assert groups == 4
+        fused = fused_projections.linear(x, None, None, (attn.q_proj, attn.k_proj, attn.v_proj))
+    for got, want in zip(fused, unfused):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02)   # bf16 products, rounded in other places
+
+
 def test_nf4_linear_with_adapters_against_autograd():
     """The NF4 product with the adapters inside: its value is x W^T + xa b^T + bias with W the
     dequantized weight, and its backward (d [x, xa], d b, d bias) passes torch.autograd.gradcheck
