@@ -114,7 +114,7 @@ def fusable(projections) -> bool:
     if any(adapted) and not all(adapted):
         return False
     bases = [_base(p) for p in projections]
-    if all(type(b) is quant.Linear4bit for b in bases):         # Note: NF4 groups
+    if _is_nf4(projections):                                   # Note: NF4 groups
         return _nf4_fusable(projections, bases)
     if not all(type(b) is nn.Linear for b in bases):
         return False
@@ -162,9 +162,9 @@ def unfuse(done: list) -> None:
 
 def _fuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> None:
     owner.fused = True
-    bases = [_base(p) for p in projections]
-    if type(bases[0]) is quant.Linear4bit:   # NF4 groups: no buffer, each base keeps its packed weight
+    if _is_nf4(projections):   # NF4 groups: no buffer, each base keeps its packed weight
         return
+    bases = [_base(p) for p in projections]
     weight = torch.cat([b.weight.detach() for b in bases])                      # (sum out, in)
     bias = torch.cat([b.bias.detach() for b in bases]) if bases[0].bias is not None else None
     start = 0
@@ -180,7 +180,7 @@ def _fuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> No
 
 def _unfuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> None:
     owner.fused = False
-    if getattr(owner, weight_name) is None:  # an NF4 group: nothing was moved
+    if _is_nf4(projections):   # nothing was moved
         return
     for p in projections:
         b = _base(p)
@@ -189,6 +189,10 @@ def _unfuse(owner: nn.Module, weight_name: str, bias_name: str, projections) -> 
             b.bias = nn.Parameter(b.bias.detach().clone(), requires_grad=False)
     setattr(owner, weight_name, None)
     setattr(owner, bias_name, None)
+
+
+def _is_nf4(projections) -> bool:
+    return all(type(_base(p)) is quant.Linear4bit for p in projections)
 
 
 def _nf4_fusable(projections, bases) -> bool:
