@@ -580,6 +580,47 @@ def cpt_grad_accum(graph, no_graph):
             f"{loss(graph)} and {loss(no_graph)}"]
 
 
+def more_rounds(two, three):
+    r2, r3 = two["results"][0], three["results"][0]
+    a2, a3 = r2["anchors"][0], r3["anchors"][0]
+    m_runs, a_runs = r2["minift"]["runs_tok_per_s"], a2["runs_tok_per_s"]
+    rounds = r2["speed_ratio_rounds"] + r3["speed_ratio_rounds"]
+    minift_all, anchor_all = m_runs + r3["minift"]["runs_tok_per_s"], a_runs + a3["runs_tok_per_s"]
+    return [f"minift {tps(m_runs[0])} and {tps(m_runs[1])} tok/s against {tps(a_runs[0])} and {tps(a_runs[1])}",
+            f"the rounds {times(r2['speed_ratio_rounds'][0])} and {times(r2['speed_ratio_rounds'][1])}",
+            f"so this run reports **{times(r2['speed_ratio'])}**, at {gb(r2['minift']['peak_bytes'])} GB against "
+            f"{gb(a2['peak_bytes'])}",
+            f"the ratio read {times(min(rounds))} to {times(max(rounds))}, "
+            f"{['no', 'one', 'two', 'three', 'four', 'five'][sum(x >= 1.5 for x in rounds)]} of the five at 1.5x or more",
+            f"minift's side moved {tps(min(minift_all))}-{tps(max(minift_all))} tok/s, the anchor's "
+            f"{tps(min(anchor_all))}-{tps(max(anchor_all))}"]
+
+
+def nf4_wide_tried(probe1, probe2, align1, align64, inside1, outside1, inside2, outside2):
+    g1, g2 = probe1["gate_or_up"], probe2["gate_or_up"]
+
+    def ms(x):
+        return f"{x:.4f}"
+    return [f"rows {g1['wide']['row_stride_elements']:,} wide took {ms(g1['wide']['dequantize'])} ms against "
+            f"{ms(g1['unfused']['dequantize'])}",
+            f"{ms(g2['wide']['dequantize'])} against {ms(g2['unfused']['dequantize'])} on the second",
+            f"({ms(g1['padded']['dequantize'])}, {ms(g2['padded']['dequantize'])})",
+            f"K = 3,616 took {ms(g1['wide']['forward'])} ms against {ms(g1['unfused']['forward'])}",
+            f"({ms(g2['wide']['forward'])} against {ms(g2['unfused']['forward'])} on the second machine)",
+            f"3,648: {ms(g2['zero_k']['forward'])}; 3,712: {ms(g2['zero_k128']['forward'])}",
+            f"padded, {wall_ms(align64)} ms against {wall_ms(align1)} without",
+            f"inside), {wall_ms(outside1)} and {wall_ms(outside2)} ms against {wall_ms(inside1)} and "
+            f"{wall_ms(inside2)} with all inside"]
+
+
+def qlora_recipe(fused, unfused):
+    f, u = recipe_log(fused), recipe_log(unfused)
+    return [f"steady step **{f['steady']} s** against {u['steady']} s, at a measured peak of {f['measured']} GiB "
+            f"against {u['measured']} (memory.estimate: {f['predicted']} and {u['predicted']})",
+            f"whole training phase {f['tok_s']} against {u['tok_s']} tok/s",
+            f"first step took {f['first']} s against {u['first']}"]
+
+
 def recipe_log(log: str) -> dict:
     """The numbers lora_qwen.py prints about its training phase."""
     graphed = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", log)   # printed only with the graph on
@@ -1176,6 +1217,16 @@ CHECKS = [   # in the order of the docs
     Text("in rounds", "docs/speed.md",
          tuple(H200 + f"bench_rounds_2026-12-03/bench_{r}_x3.json"
                for r in ("7b_qlora_fast-compile-graph_bf16", "0.5b_lora_fast-compile-graph_bf16")), in_rounds),
+    Text("more rounds", "docs/speed.md",
+         (H200 + "qlora_recipe_2026-12-03/bench_7b_qlora_fast-compile-graph_bf16_x2.json",
+          H200 + "bench_rounds_2026-12-03/bench_7b_qlora_fast-compile-graph_bf16_x3.json"), more_rounds),
+    Text("NF4 wide matrix tried", "docs/speed.md",
+         tuple(H200 + "nf4_wide_2026-12-03/" + f for f in (
+             "run1_probe_nf4_wide.json", "run2_probe_nf4_wide.json", "run1_prof7b_align1.txt", "run1_prof7b_align64.txt",
+             "run2_prof7b_1_inside_up_to_None.txt", "run2_prof7b_2_inside_up_to_8192.txt",
+             "run2_prof7b_3_inside_up_to_None.txt", "run2_prof7b_4_inside_up_to_8192.txt")), nf4_wide_tried),
+    Text("QLoRA recipe timed", "docs/speed.md",
+         tuple(H200 + f"qlora_recipe_2026-12-03/{v}.log" for v in ("qlora", "qlora_unfused")), qlora_recipe),
     Text("lean host-bound", "docs/speed.md",
          (H200 + "bench_gpu_2026-12-02_final.json", H200 + "host_time_lean_2026-12-02.jsonl",
           H200 + "host_time_0.5b_lora_lean_2026-12-02.jsonl", H200 + "host_time_lean_cprofile_2026-12-02.txt",

@@ -468,16 +468,20 @@ def test_interp_nf4_dequantize_bit_exact(interpreter, shape, blocksize, double_q
 def test_interp_nf4_dequantize_into_a_wider_tensor(interpreter, double_quant):
     """out= (minift/quant.py's wide weight [W, b]): the kernel writes each row's in_features values
     at the row's start in out, bit for bit what it writes alone, and leaves the extra columns as
-    they were. 300 rows x 128 is 600 blocks of 64, several programs, each row two blocks."""
+    they were. 300 rows x 128 is 600 blocks of 64, several programs, each row two blocks. Also into
+    a view of a wider storage (supported() takes any out with unit column stride): the view's row
+    stride, not its width, places each row."""
     from minift.kernels import nf4
     w = torch.randn(300, 128, generator=_gen(15)).to(torch.bfloat16)
     packed, state = nf4.quantize(w, blocksize=64, double_quant=double_quant)
     for out_dtype in (torch.float32, torch.bfloat16):
-        wide = torch.full((300, 128 + 5), 7.0, dtype=out_dtype)
-        got = dispatch.dequantize_nf4(packed, state, out_dtype, out=wide)             # MINIFT_KERNELS=triton here
-        assert got is wide
-        assert torch.equal(wide[:, :128], dispatch.dequantize_nf4(packed, state, out_dtype)), out_dtype
-        assert bool((wide[:, 128:] == 7.0).all()), out_dtype
+        for storage_width in (128 + 5, 192):
+            storage = torch.full((300, storage_width), 7.0, dtype=out_dtype)
+            wide = storage[:, :128 + 5]                                           # (300, 133), row stride storage_width
+            got = dispatch.dequantize_nf4(packed, state, out_dtype, out=wide)     # MINIFT_KERNELS=triton here
+            assert got is wide
+            assert torch.equal(wide[:, :128], dispatch.dequantize_nf4(packed, state, out_dtype)), out_dtype
+            assert bool((storage[:, 128:] == 7.0).all()), (out_dtype, storage_width)
 
 
 @needs_interpreter
