@@ -18,27 +18,16 @@ A row of in + R = 3,632 bf16 elements is 7,264 bytes, so without padding most ro
 import argparse
 import json
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 
 from minift.kernels import dispatch, nf4, nf4_triton
+from probe_fused_matmuls import mean_ms   # scripts/: the same timer as the fused-matmul probe
 
 SHAPES = (("q", 3584, 3584, 48), ("k_or_v", 512, 3584, 48), ("gate_or_up", 18944, 3584, 32))  # out, in, R
 TOKENS = 4096
 LAYOUTS = ("unfused", "wide", "padded", "zero_k", "zero_k128")
-
-
-def mean_ms(fn, n: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e3
 
 
 def round_up(n: int, multiple: int = 64) -> int:
