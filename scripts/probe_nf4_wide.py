@@ -5,7 +5,7 @@ Note: an operator of its own; minift/fused_projections.py, Note: NF4 groups).
 
 For Qwen2.5-7B's grouped projections (q, k/v with R = 48 adapter columns; gate/up with R = 32) at
 4 x 1024 tokens in bf16, the mean time (ms, 30 calls after 5 warm-up calls) of: the dequantize, the
-copy of b into the matrix, the forward product and the input-gradient product, in four layouts:
+copy of b into the matrix, the forward product and the input-gradient product, in five layouts:
   unfused   W (out, in) alone, x (T, in): what the step did before NF4 groups (no b, no xa);
   wide      [W, b] (out, in + R) and [x, xa] (T, in + R) contiguous: what the step does now;
   padded    the same shapes, each row starting a multiple of 64 elements (128 bytes) after the
