@@ -47,8 +47,9 @@ def probe(out_features: int, in_features: int, r: int) -> dict:
         k_store = round_up(k, 128 if layout == "zero_k128" else 64) if layout != "wide" else k
         if layout.startswith("zero_k"):
             k = k_store
-        storage = torch.zeros(out_features, k_store, **bf16)                        # (out, K stored)
-        wide = storage[:, :k]                                                       # (out, K) view
+        wide = None   # unfused: the dequantize's own fresh (out, in), below
+        if layout != "unfused":
+            wide = torch.zeros(out_features, k_store, **bf16)[:, :k]                # (out, K) view of (out, K stored)
         x_xa = x_xa_full[:, :k] if layout == "padded" else x_xa_full[:, :k].contiguous()  # (T, K)
 
         def dequantize():
@@ -59,7 +60,7 @@ def probe(out_features: int, in_features: int, r: int) -> dict:
         def copy_b():
             wide[:, in_features:in_features + r] = b
 
-        if not nf4_triton.supported(packed, state, torch.bfloat16, None if layout == "unfused" else wide):
+        if not nf4_triton.supported(packed, state, torch.bfloat16, wide):
             raise SystemExit(f"{layout}: the Triton dequantize does not take this layout")
         if layout == "unfused":
             wide = dequantize()
@@ -73,7 +74,7 @@ def probe(out_features: int, in_features: int, r: int) -> dict:
             "copy_b": mean_ms(copy_b) if layout != "unfused" else 0.0,
             "forward": mean_ms(lambda: F.linear(x_xa, wide)),                       # (T, out)
             "input_grad": mean_ms(lambda: grad_y @ wide),                           # (T, K)
-            "row_stride_elements": storage.stride(0),
+            "row_stride_elements": wide.stride(0),
         }
     return result
 
