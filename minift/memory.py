@@ -931,7 +931,8 @@ def _inference(est, cfg, B, T, s, kv_len, W):
 #
 # The step's optimizer states die with train()'s optimizer, so they are not in load or save.
 # On CPU (process=True) every phase also carries the process itself: Python, torch, minift, the
-# tokenizer and the tokenized data (CPU_PROCESS_BYTES, measured), and host-side buffers that a
+# tokenizer and the tokenized data (CPU_PROCESS_BYTES, measured), from the first optimizer on
+# the part of torch that it imports (CPU_OPTIMIZER_RUNTIME_BYTES), and host-side buffers that a
 # GPU's allocator would not see (the tensor being read from disk, the shard being written).
 # Where the CPU allocator keeps freed memory (glibc's growing mmap threshold), the resident size
 # is far above this; minift.cpu_memory.release_freed_memory() is what makes it hold.
@@ -943,6 +944,14 @@ JOB_PHASE_PREFIXES = ("load: ", "quantize", "add LoRA", "save: ")
 # imported (0.23 GB), the Qwen2.5 tokenizer loaded (+0.10 GB) and the fairytale pairs tokenized
 # (+0.02 GB), measured with VmRSS on this project's CPU machine (2026-11-30).
 CPU_PROCESS_BYTES = int(0.36e9)
+# What the process maps when its first optimizer is built: torch.optim.Optimizer's methods are
+# wrapped by torch._disable_dynamo, whose first call imports torch._dynamo (and with it sympy,
+# inductor, triton). Any torch optimizer does this, torch.optim.AdamW as well as minift's.
+# Measured with VmRSS around minift.optim.AdamW([p]) (2026-12-03, this project's CPU machine):
+# +0.150 GB with torch 2.13 (CPU build), +0.163 GB with torch 2.14.1 (CUDA build). A CUDA build
+# also starts 0.30 GB larger (0.54 GB with minift imported): not counted here, where a CPU
+# build is assumed.
+CPU_OPTIMIZER_RUNTIME_BYTES = int(0.155e9)
 
 
 def _check_job_args(method, load, save, checkpoint_dtype) -> None:
@@ -1039,8 +1048,11 @@ def _add_job_phases(est: MemoryEstimate, cfg, method, s, a, n_train, load, check
         shard = min(W, int(5e9))           # save_pretrained's default max_shard_size
         phases["save: model"] = {"weights": W, "one shard serialized (host)": shard if host else 0}
     if host:
-        for parts in phases.values():
+        after_first_optimizer = set(step) | {name for name in phases if name.startswith("save: ")}
+        for name, parts in phases.items():
             parts["process (Python, torch, tokenizer, data)"] = CPU_PROCESS_BYTES
+            if name in after_first_optimizer:
+                parts["torch.optim's runtime (torch._dynamo)"] = CPU_OPTIMIZER_RUNTIME_BYTES
     est.phases = phases
     est.job = {"load": load, "checkpoint_dtype": checkpoint_dtype, "save": save, "process": host}
 

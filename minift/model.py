@@ -49,7 +49,12 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        # Computed on the CPU, then moved to the default device: under `with torch.device("meta")`
+        # (the loader's shape-only model) the arithmetic would run through torch's Python reference
+        # ops, which import torch._dynamo: ~150 MB of a CPU process's resident memory, for a buffer
+        # the loader recomputes anyway.
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+        inv_freq = (1.0 / theta ** exponent).to(torch.get_default_device())
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hd/2,)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +201,13 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        if not self.embed_tokens.weight.is_meta:
+            # nn.Embedding's own N(0, 1) draw, which init_weights overwrites: kept so that a seeded
+            # model is the one it always was. Not on the meta device (the loader's shape-only
+            # model), where normal_ would import torch._dynamo (see RotaryEmbedding).
+            nn.init.normal_(self.embed_tokens.weight)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)

@@ -441,21 +441,21 @@ def test_job_on_cpu_matches_a_fresh_process(tmp_path):
                           load="float", save="adapter")
     assert m.peak_phase == "train" and not est.peak_phase.startswith(memory.JOB_PHASE_PREFIXES)
     # The process's runtime is measured here (m.baseline) rather than taken from
-    # CPU_PROCESS_BYTES, which also counts the recipe's tokenizer and data.
+    # CPU_PROCESS_BYTES, which also counts the recipe's tokenizer and data. What torch imports
+    # with the first optimizer (CPU_OPTIMIZER_RUNTIME_BYTES) comes after the baseline, in train.
     above = {k: v - m.baseline for k, v in m.phases.items()}
-    pred = {"load": max(sum(v.values()) for k, v in est.phases.items() if k.startswith("load: ")),
-            "train": est.step_total}
-    pred = {k: v - memory.CPU_PROCESS_BYTES for k, v in pred.items()}
+    (load_phase,) = [v for k, v in est.phases.items() if k.startswith("load: ")]
+    pred = {k: v - memory.CPU_PROCESS_BYTES for k, v in
+            {"load": sum(load_phase.values()), "train": est.step_total}.items()}
     # RSS above the tensors: malloc's per-chunk headers, partially used pages, and the math
     # libraries' first-use buffers (oneDNN/MKL scratch, tens of MB). 1.3x is the issue's bound for
     # the CPU whole job; the lower bound says the math does not count what is not there.
-    # Measured 2026-11-30 on the 2-core CPU: train 0.916 GB above the runtime, predicted 0.729 (1.26x).
+    # Measured 2026-12-03 on the 2-core CPU: train 0.941 GB above the runtime with torch 2.13,
+    # 0.954 with 2.14.1, predicted 0.884 (1.06x, 1.08x).
     assert 0.85 * pred["train"] <= above["train"] <= 1.3 * pred["train"], (above, pred)
-    import inspect
-
-    from minift.checkpoint import load_pretrained
-    if "quantize" in inspect.signature(load_pretrained).parameters:
-        # the streaming loader (plain reads, one tensor at a time) is what the load phase models;
-        # the older one mapped the file (safe_open), whose pages count as resident too (0.62 GB
-        # measured here against 0.38 predicted)
-        assert 0.85 * pred["load"] <= above["load"] <= 1.3 * pred["load"], (above, pred)
+    # The load phase is the worst case over file orders: the finished model plus the largest
+    # tensor's read buffer, as if it came last. This checkpoint stores the embedding first, so
+    # what is surely there is the loaded weights (0.312 GB); measured 0.320 (2026-12-03), the
+    # worst case 0.377.
+    surely_there = load_phase["weights loaded (float)"]
+    assert 0.85 * surely_there <= above["load"] <= 1.3 * pred["load"], (above, pred)
