@@ -931,7 +931,7 @@ def _inference(est, cfg, B, T, s, kv_len, W):
 #
 # The step's optimizer states die with train()'s optimizer, so they are not in load or save.
 # On CPU (process=True) every phase also carries the process itself: Python, torch, minift, the
-# tokenizer and the tokenized data (CPU_PROCESS_BYTES, measured), from the first optimizer on
+# tokenizer and the tokenized data (cpu_process_bytes(), measured), from the first optimizer on
 # the part of torch that it imports (CPU_OPTIMIZER_RUNTIME_BYTES), and host-side buffers that a
 # GPU's allocator would not see (the tensor being read from disk, the shard being written).
 # Where the CPU allocator keeps freed memory (glibc's growing mmap threshold), the resident size
@@ -940,18 +940,28 @@ def _inference(est, cfg, B, T, s, kv_len, W):
 LOAD_KINDS = ("float", "nf4-stream", "nf4-prequantized")
 SAVE_KINDS = ("adapter", "model")
 JOB_PHASE_PREFIXES = ("load: ", "quantize", "add LoRA", "save: ")
-# Resident memory of a CPU recipe process before its model: Python 3.11 + torch 2.13 + minift
-# imported (0.23 GB), the Qwen2.5 tokenizer loaded (+0.10 GB) and the fairytale pairs tokenized
-# (+0.02 GB), measured with VmRSS on this project's CPU machine (2026-11-30).
+# Resident memory of a CPU recipe process before its model, measured with VmRSS on this
+# project's CPU machine (2026-11-30): 0.36 GB in all, of which Python 3.11 + torch 2.13 (CPU
+# build) + minift imported are 0.23 GB and the Qwen2.5 tokenizer with the tokenized fairytale
+# pairs the rest.
+CPU_RUNTIME_BYTES = int(0.23e9)
 CPU_PROCESS_BYTES = int(0.36e9)
+# A CUDA build of torch (what `pip install torch` gives on Linux) maps its CUDA libraries even
+# when it runs on the CPU: Python + torch 2.14.1+cu130 + minift imported is 0.54 GB against
+# 0.23 GB with the CPU build (VmRSS, this project's CPU machine, 2026-12-03).
+CUDA_BUILD_HOST_BYTES = int(0.30e9)
 # What the process maps when its first optimizer is built: torch.optim.Optimizer's methods are
 # wrapped by torch._disable_dynamo, whose first call imports torch._dynamo (and with it sympy,
 # inductor, triton). Any torch optimizer does this, torch.optim.AdamW as well as minift's.
 # Measured with VmRSS around minift.optim.AdamW([p]) (2026-12-03, this project's CPU machine):
-# +0.150 GB with torch 2.13 (CPU build), +0.163 GB with torch 2.14.1 (CUDA build). A CUDA build
-# also starts 0.30 GB larger (0.54 GB with minift imported): not counted here, where a CPU
-# build is assumed.
+# +0.150 GB with torch 2.13 (CPU build), +0.163 GB with torch 2.14.1 (CUDA build).
 CPU_OPTIMIZER_RUNTIME_BYTES = int(0.155e9)
+
+
+def cpu_process_bytes() -> int:
+    """A CPU recipe's process before its model, with the torch build installed here."""
+    import torch  # here, not at the top: the rest of this module is arithmetic on a config
+    return CPU_PROCESS_BYTES + (CUDA_BUILD_HOST_BYTES if torch.version.cuda else 0)
 
 
 def _check_job_args(method, load, save, checkpoint_dtype) -> None:
@@ -1050,7 +1060,7 @@ def _add_job_phases(est: MemoryEstimate, cfg, method, s, a, n_train, load, check
     if host:
         after_first_optimizer = set(step) | {name for name in phases if name.startswith("save: ")}
         for name, parts in phases.items():
-            parts["process (Python, torch, tokenizer, data)"] = CPU_PROCESS_BYTES
+            parts["process (Python, torch, tokenizer, data)"] = cpu_process_bytes()
             if name in after_first_optimizer:
                 parts["torch.optim's runtime (torch._dynamo)"] = CPU_OPTIMIZER_RUNTIME_BYTES
     est.phases = phases

@@ -5,6 +5,10 @@ CPU runs the PyTorch reference kernels (kernels/dispatch.py), so these tests che
 estimate's device="cpu" branch; the CUDA branch (Triton kernels, foreach AdamW) shares every
 formula except the ones named there, and scripts/memory_check.py --grid h200 checks it on a GPU.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -425,6 +429,31 @@ def test_job_phases_name_the_peak():
         memory.estimate(cfg, "lora", 4, 1024, load="float", save="everything")
 
 
+RUNTIME_PROBE = """
+import torch, minift, minift.optim
+def rss(): return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) * 1024
+before = rss()
+minift.optim.AdamW([torch.zeros(1, requires_grad=True)])
+print(before, rss() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS (Linux)")
+def test_cpu_runtime_constants_match_a_fresh_process():
+    """The process parts of memory.estimate's CPU view, against a fresh Python with this torch:
+    torch + minift imported (with a CUDA build's libraries where this torch is one), then what
+    the first optimizer imports."""
+    out = subprocess.run([sys.executable, "-c", RUNTIME_PROBE], capture_output=True, text=True, check=True)
+    runtime, optimizer = map(int, out.stdout.split())
+    expected = memory.CPU_RUNTIME_BYTES + (memory.CUDA_BUILD_HOST_BYTES if torch.version.cuda else 0)
+    # Python's and the libraries' own pages move by some percent between versions and machines;
+    # the CI failure this guards against was a whole missing piece (0.15 GB, 65% of the runtime).
+    # Measured 2026-12-03: 0.235 GB (torch 2.13 CPU build) and 0.538 (2.14.1 CUDA build); the
+    # optimizer's import +0.150 and +0.163 GB.
+    assert 0.85 * expected <= runtime <= 1.2 * expected, (runtime, expected)
+    assert 0.8 * memory.CPU_OPTIMIZER_RUNTIME_BYTES <= optimizer <= 1.25 * memory.CPU_OPTIMIZER_RUNTIME_BYTES, optimizer
+
+
 def test_job_on_cpu_matches_a_fresh_process(tmp_path):
     """The whole job from disk (load, add LoRA, train, save) in a fresh process, its resident
     peak per phase beside memory.estimate's CPU process view."""
@@ -441,11 +470,11 @@ def test_job_on_cpu_matches_a_fresh_process(tmp_path):
                           load="float", save="adapter")
     assert m.peak_phase == "train" and not est.peak_phase.startswith(memory.JOB_PHASE_PREFIXES)
     # The process's runtime is measured here (m.baseline) rather than taken from
-    # CPU_PROCESS_BYTES, which also counts the recipe's tokenizer and data. What torch imports
+    # cpu_process_bytes(), which also counts the recipe's tokenizer and data. What torch imports
     # with the first optimizer (CPU_OPTIMIZER_RUNTIME_BYTES) comes after the baseline, in train.
     above = {k: v - m.baseline for k, v in m.phases.items()}
     (load_phase,) = [v for k, v in est.phases.items() if k.startswith("load: ")]
-    pred = {k: v - memory.CPU_PROCESS_BYTES for k, v in
+    pred = {k: v - memory.cpu_process_bytes() for k, v in
             {"load": sum(load_phase.values()), "train": est.step_total}.items()}
     # RSS above the tensors: malloc's per-chunk headers, partially used pages, and the math
     # libraries' first-use buffers (oneDNN/MKL scratch, tens of MB). 1.3x is the issue's bound for
