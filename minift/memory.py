@@ -945,7 +945,7 @@ JOB_PHASE_PREFIXES = ("load: ", "quantize", "add LoRA", "save: ")
 # build) + minift imported are 0.23 GB and the Qwen2.5 tokenizer with the tokenized fairytale
 # pairs the rest.
 CPU_RUNTIME_BYTES = int(0.23e9)
-CPU_PROCESS_BYTES = int(0.36e9)
+CPU_PROCESS_BYTES = CPU_RUNTIME_BYTES + int(0.13e9)
 # A CUDA build of torch (what `pip install torch` gives on Linux) maps its CUDA libraries even
 # when it runs on the CPU: Python + torch 2.14.1+cu130 + minift imported is 0.54 GB against
 # 0.23 GB with the CPU build (VmRSS, this project's CPU machine, 2026-12-03).
@@ -1058,9 +1058,10 @@ def _add_job_phases(est: MemoryEstimate, cfg, method, s, a, n_train, load, check
         shard = min(W, int(5e9))           # save_pretrained's default max_shard_size
         phases["save: model"] = {"weights": W, "one shard serialized (host)": shard if host else 0}
     if host:
+        process = cpu_process_bytes()
         after_first_optimizer = set(step) | {name for name in phases if name.startswith("save: ")}
         for name, parts in phases.items():
-            parts["process (Python, torch, tokenizer, data)"] = cpu_process_bytes()
+            parts["process (Python, torch, tokenizer, data)"] = process
             if name in after_first_optimizer:
                 parts["torch.optim's runtime (torch._dynamo)"] = CPU_OPTIMIZER_RUNTIME_BYTES
     est.phases = phases
