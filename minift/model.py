@@ -284,7 +284,8 @@ class Transformer(nn.Module):
             if ckpt and i < checkpointed:
                 # Note: gradient checkpointing keeps only each layer's input and recomputes the rest
                 # in backward: activations fall from ~tens of sbh bytes per layer to 2sbh.
-                x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False, preserve_rng_state=keep_rng)
+                x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=_reentrant(layer, x),
+                               preserve_rng_state=keep_rng)
             else:
                 x = layer(x, cos, sin, mask, cache)
         if cache is not None:
@@ -319,6 +320,20 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() lists a tied tensor once
+
+
+def _reentrant(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Note: which checkpoint. torch's non-reentrant checkpoint runs two Python hooks per tensor
+    the layer saves (about 45 a layer here); the reentrant one runs the layer under no_grad and
+    replays it once in backward, hooks-free. Eager, where the host's Python is the step's time
+    (the lean rows on a GPU), the reentrant one is cheaper. It needs an input that requires grad,
+    or nothing reaches the layer's adapters (the first layer's input, a frozen embedding's output,
+    does not). Compiled layers, CUDA graph capture and distributed training (DDP's and FSDP2's
+    gradient hooks expect each parameter's gradient once, from the outer backward) keep the
+    non-reentrant one they were built and measured with."""
+    return (x.requires_grad and getattr(layer, "_compiled_call_impl", None) is None
+            and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+            and not (torch.distributed.is_available() and torch.distributed.is_initialized()))
 
 
 def attention_mask(T: int, past: int, segment_ids, device):

@@ -494,3 +494,35 @@ def test_dropout_is_recomputed_not_saved_on_cpu():
     # at most what no dropout saves (the checkpoint holds x, not lora_A's weight); a dropped copy
     # of x and its mask would add 40 KiB here
     assert saved_bytes(layer) <= saved_bytes(no_dropout)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_layer_checkpointing_gives_the_plain_gradients(dropout):
+    """Gradient checkpointing of a LoRA model (minift/model.py, Note: which checkpoint): the first
+    layer's input (the frozen embedding's) needs no grad, so it keeps the non-reentrant checkpoint;
+    the layers above take the reentrant one. Every adapter gradient equals the plain backward's bit
+    for bit on CPU (the same ops replayed, the dropout masks redrawn from the restored RNG state),
+    and none is missing: a reentrant first layer would cut every adapter off."""
+    from minift import model as model_module
+
+    def grads(checkpointing: bool, picked: list | None = None):
+        model = to_minift(tiny_hf())
+        lora.add_lora(model, r=4, alpha=8, dropout=dropout, init=False)
+        model.train()
+        model.gradient_checkpointing = checkpointing
+        rule = model_module._reentrant
+        if picked is not None:
+            model_module._reentrant = lambda layer, x: picked.append(rule(layer, x)) or picked[-1]
+        try:
+            torch.manual_seed(3)
+            model(ids(), ids(2)).backward()
+        finally:
+            model_module._reentrant = rule
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    picked = []
+    plain, checkpointed = grads(False), grads(True, picked)
+    assert picked == [False, True]                   # layer 0 non-reentrant, layer 1 reentrant
+    assert plain.keys() == checkpointed.keys() and all(g is not None for g in checkpointed.values())
+    for name, g in plain.items():
+        assert torch.equal(g, checkpointed[name]), name
