@@ -23,21 +23,26 @@ What a graph requires, and how it is met here:
     "every target is -100" check is the train loop's, on the CPU batch, before the copy);
   - a warm-up first: torch.compile, cuBLAS and Triton autotuning do their one-time work (and
     allocate) outside the capture;
-  - gradients in fixed tensors: every parameter that received a gradient in the warm-up gets a
-    zeroed .grad before the capture, and the captured backward adds into it (autograd accumulates
-    in place into an existing .grad), so every replay writes the same tensors. A call zeroes them
-    first (one foreach launch) unless asked to accumulate: that is how one graph serves both a
-    plain step and gradient accumulation (Note: accumulation). They are handed back to each
-    parameter's .grad after every replay, so `zero_grad(set_to_none=True)` between steps is harmless.
+  - gradients in fixed tensors: every .grad is set to None before the capture, so the captured
+    backward writes each parameter's gradient into a tensor of the graph's own memory (as autograd
+    does when there is no .grad), and every replay writes the same tensors. They are handed back
+    to each parameter's .grad after every replay, so `zero_grad(set_to_none=True)` between steps
+    is harmless.
 
 Note: accumulation. The captured loss is multiplied by a weight held in a one-element tensor that
 each call fills (loss_weight), so micro-batch i's gradients are those of loss_i * w_i, the train
-loop's token weighting (minift/train.py, Note: accumulation), and accumulate=True adds them to
-the gradients already there instead of zeroing them. Before this, a replay overwrote the
-gradients and a run with grad_accum > 1 ran without the graph: on the H200, 0.5B LoRA's fast step
-compiled but not replayed took 95.8 ms against 30.0 (the host launching ~2,170 kernels;
-results/h200/rope_qkv_operator_tried_2026-12-02.txt, its "old" rows). The weight costs one
-multiply in the graph; the zeroing one pass over the gradients per optimizer step.
+loop's token weighting (minift/train.py, Note: accumulation). A call with accumulate=True replays a
+second graph, captured the first time one asks for it: the same forward and backward captured with
+the first graph's gradients in .grad, so that autograd adds into them, sharing the first graph's
+memory pool (the two never run at once, so their intermediates can share blocks). A run without
+accumulation never captures it. One graph could serve both by zeroing the gradients and always
+adding into them, and did for a day (2026-12-03): an add kernel per parameter at every replay, 340
+a step on 0.5B LoRA. On one H200, alternating (scripts/profile_step.py --row
+0.5b:lora:fast+compile+graph:bf16; results/h200/graph_plain_replay_2026-12-03/): 30.4 and 29.9 ms
+a step with the two graphs, 30.9 and 31.1 ms with the adds, 2,173 kernels a step against 2,513.
+Before either, a run with grad_accum > 1 ran without the graph: on the H200, 0.5B LoRA's fast
+step compiled but not replayed took 95.8 ms against 30.0 (the host launching ~2,170 kernels;
+results/h200/rope_qkv_operator_tried_2026-12-02.txt, its "old" rows).
 
 Note: memory. The captured step allocates from a private pool that stays reserved between
 replays, with about the eager step's peak (tensors freed during the capture are reused in it;
@@ -72,9 +77,10 @@ class GraphedStep:
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
         self.warmup = warmup
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None          # writes the gradients
+        self.accumulating: torch.cuda.CUDAGraph | None = None   # adds into them (Note: accumulation)
         self.static_inputs: dict[str, torch.Tensor | None] = {}
-        self.static_loss: torch.Tensor | None = None
+        self.losses: dict[bool, torch.Tensor] = {}              # each graph's loss, by `accumulate`
         self.grads: list[torch.Tensor | None] = []
         self.loss_weight: torch.Tensor | None = None      # filled by each call (Note: accumulation)
 
@@ -87,14 +93,13 @@ class GraphedStep:
             self._capture(inputs)
         else:
             self._copy_in(inputs)
-        grads = [g for g in self.grads if g is not None]
-        if not accumulate:
-            torch._foreach_zero_(grads)
+        if accumulate and self.accumulating is None:
+            self._capture_accumulating()
         self.loss_weight.fill_(loss_weight)
-        self.graph.replay()
+        (self.accumulating if accumulate else self.graph).replay()
         for p, g in zip(self.params, self.grads):
             p.grad = g
-        return self.static_loss
+        return self.losses[accumulate]
 
     # ------------------------------------------------------------------ capture
     def _capture(self, inputs: dict) -> None:
@@ -120,14 +125,22 @@ class GraphedStep:
             p.grad = None
         torch.cuda.synchronize()
         torch.cuda.empty_cache()   # Note: memory (the warm-up's cached blocks)
-        # the gradients the backward will add into (a parameter the loss never reached keeps None)
-        self.grads = [torch.zeros_like(p) if got else None for p, got in zip(self.params, received)]
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
 
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_loss = self._forward_backward()
+            self.losses[False] = self._forward_backward()
+        # the gradients the replays write (a parameter the loss never reached keeps None)
+        self.grads = [p.grad for p in self.params]
+        if [g is not None for g in self.grads] != received:
+            raise RuntimeError("GraphedStep: the captured backward reached other parameters than the warm-up's")
+
+    def _capture_accumulating(self) -> None:
+        """The same step, adding into the first graph's gradients (Note: accumulation)."""
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        self.accumulating = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.accumulating, pool=self.graph.pool()):
+            self.losses[True] = self._forward_backward()
         replaced = [i for i, (p, g) in enumerate(zip(self.params, self.grads)) if p.grad is not g]
         if replaced:
             raise RuntimeError(f"GraphedStep: autograd replaced {len(replaced)} parameter gradient(s) during the "

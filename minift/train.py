@@ -251,7 +251,7 @@ def train(model: nn.Module, train_batches: Iterable[dict], val_batches: Iterable
 
             # ---- forward and backward, token-weighted (Note: accumulation)
             step_loss = torch.zeros((), device=device)
-            accumulate = False                     # the graph zeroes the gradients at a step's first replay
+            accumulate = False                     # the step's first replay writes the gradients, the next add
             for batch, n in zip(micro, counts):
                 if n == 0:
                     if strategy != "fsdp":
