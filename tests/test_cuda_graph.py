@@ -3,7 +3,8 @@
 On CUDA: a replayed forward + backward gives the eager step's loss and gradients for fresh data
 each time, with LoRA, and the train loop's losses match the eager loop's. The errors (CPU inputs,
 a shape that changes) are checked everywhere. Gradient accumulation through the graph (weighted
-replays adding into the same gradients) gives the eager accumulation's gradients and losses.
+replays adding into the same gradients) gives the eager accumulation's gradients and losses, and
+the adding graph exists only once a call accumulates.
 """
 import pytest
 import torch
@@ -90,6 +91,22 @@ def test_weighted_replays_accumulate_like_eager(with_lora):
                 torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
         eager.zero_grad(set_to_none=True)
         graphed.zero_grad(set_to_none=True)
+
+
+@cuda
+def test_the_adding_graph_is_captured_only_when_asked_and_writes_the_same_gradients():
+    """Note: accumulation in minift/cuda_graph.py: plain calls replay the graph that writes the
+    gradients (no add per parameter); the first accumulate=True call captures a second graph that
+    adds into those same tensors."""
+    step = GraphedStep(make_model("cuda", with_lora=True))
+    for seed in range(2):
+        step(**dict(zip(("input_ids", "targets"), batch(seed, "cuda"))))
+    assert step.accumulating is None
+    plain = [g.data_ptr() for g in step.grads if g is not None]
+    step(accumulate=True, **dict(zip(("input_ids", "targets"), batch(2, "cuda"))))
+    assert step.accumulating is not None
+    assert [g.data_ptr() for g in step.grads if g is not None] == plain
+    assert [p.grad.data_ptr() for p in step.params if p.grad is not None] == plain
 
 
 @cuda
