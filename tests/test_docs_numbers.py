@@ -621,6 +621,84 @@ def qlora_recipe(fused, unfused):
             f"first step took {f['first']} s against {u['first']}"]
 
 
+def profile_runs(log: str) -> dict:
+    """A driver log of profiles: "== TAG SECONDSs" lines, each followed by that run's first line."""
+    return dict(re.findall(r"^== (\S+) \d+s\n(.+)$", log, re.M))
+
+
+def profile_kernels(profile: str) -> str:
+    count = int(re.search(r"(\d+) kernels/step", profile).group(1))
+    return f"{count:,}"
+
+
+def bench_log_rounds(log: str) -> list[tuple[int, ...]]:
+    """bench_train.py --repeats: each round's line, minift's tok/s then each anchor's, as printed."""
+    lines = re.findall(r"^round \d+/\d+ of .*$", log, re.M)
+    return [tuple(int(x.replace(",", "")) for x in re.findall(r"([\d,]+) tok/s", line)) for line in lines]
+
+
+def upper_median(values) -> int:      # bench.median_run's rule: the upper middle of an even count
+    return sorted(values)[len(values) // 2]
+
+
+def graph_plain_replay(prof_log, profile7b, bench_log, nf4_before, morning):
+    runs = profile_runs(prof_log)
+    new, old = (runs["new1"], runs["new2"]), (runs["zeroing1"], runs["zeroing2"])
+    assert len({peak_gb(r) for r in new}) == 1 and len({peak_gb(r) for r in old}) == 1
+    rounds = bench_log_rounds(bench_log)
+    minift, compiled = (upper_median([r[i] for r in rounds]) for i in range(2))
+    row = re.search(r"^\| 0\.5b \| lora \|.*\| ([\d.]+) / ([\d.]+) \|.*\| ([\d.]+) \| ([\d.]+) \| [\d.]+% \|$",
+                    bench_log, re.M)
+    minift_gb = re.search(r"\| ([\d.]+) \| [\d.]+ / [\d.]+ \|", bench_log).group(1)
+    assert f"{minift / compiled:.2f}" == row.group(3)
+    morning_anchor = pick(morning["results"][0]["anchors"], kind="autocast+compile")["runs_tok_per_s"]
+    return [f"**{wall_ms(new[0])} and {wall_ms(new[1])} ms** a step against {wall_ms(old[0])} and {wall_ms(old[1])} ms "
+            f"with the adds, {profile_kernels(new[0])} kernels a step against {profile_kernels(old[0])}, at "
+            f"{peak_gb(new[0])} GB against {peak_gb(old[0])}",
+            f"{wall_ms(profile7b)} ms, {profile_kernels(profile7b)} kernels a step, the NF4 dequantize "
+            f"{profile_row_ms(profile7b, '_nf4_dequantize_kernel')} ms a step against "
+            f"{profile_row_ms(nf4_before, '_nf4_dequantize_kernel')}",
+            f"minift {tps(rounds[0][0])} and {tps(rounds[1][0])} tok/s against {tps(rounds[0][1])} and "
+            f"{tps(rounds[1][1])} for compiled HF + peft and {tps(rounds[0][2])} and {tps(rounds[1][2])} for HF + peft + "
+            f"Liger: **{times(minift / compiled)}** by the medians (the rounds {times(rounds[0][0] / rounds[0][1])} and "
+            f"{times(rounds[1][0] / rounds[1][1])}), at {minift_gb} GB against Liger's {row.group(2)} ({row.group(4)}x)",
+            f"Its anchor ran {tps(min(r[1] for r in rounds))}-{tps(max(r[1] for r in rounds))} tok/s here against "
+            f"{tps(min(morning_anchor))}-{tps(max(morning_anchor))} in the morning's rounds, against which this step "
+            f"would read {minift / max(morning_anchor):.1f}x-{minift / min(morning_anchor):.1f}x"]
+
+
+def branches_landed(host_jsonl, probe_log, lean_run):
+    host = [json.loads(line) for line in host_jsonl.splitlines() if line.startswith("{")]
+    before, after = host[0::2], host[1::2]
+    probes = dict(re.findall(r"^== (\S+) \d+s\n((?:(?!==).*\n)+)", probe_log, re.M))
+
+    def dequant(tree, shape, layout):
+        line = re.search(rf"^{shape}\s+{layout}\s+(\{{.*\}})$", probes[tree], re.M).group(1)
+        return f"{json.loads(line)['dequantize']:.4f}"
+    r = lean_run["results"][0]
+    anchor = r["anchors"][0]
+    return [f"q matrix {dequant('main', 'q', 'wide')} -> {dequant('nf4', 'q', 'wide')} ms, k/v "
+            f"{dequant('main', 'k_or_v', 'wide')} -> {dequant('nf4', 'k_or_v', 'wide')}, gate/up "
+            f"{dequant('main', 'gate_or_up', 'wide')} -> {dequant('nf4', 'gate_or_up', 'wide')} (the plain dequantize "
+            f"{dequant('main', 'gate_or_up', 'unfused')} and {dequant('nf4', 'gate_or_up', 'unfused')}",
+            f"{before[0]['step_s']:.3f} and {before[1]['step_s']:.3f} s a step before, {after[0]['step_s']:.3f} and "
+            f"{after[1]['step_s']:.3f} s after, at {after[0]['peak_bytes'] / 1e9:.2f} GB against "
+            f"{before[0]['peak_bytes'] / 1e9:.2f}",
+            f"minift {tps(r['minift']['runs_tok_per_s'][0])} and {tps(r['minift']['runs_tok_per_s'][1])} tok/s against "
+            f"{tps(anchor['runs_tok_per_s'][0])} and {tps(anchor['runs_tok_per_s'][1])} for HF + peft with checkpointing: "
+            f"**{times(r['speed_ratio'])}** by the medians (the rounds {times(r['speed_ratio_rounds'][0])} and "
+            f"{times(r['speed_ratio_rounds'][1])}), at {gb(r['minift']['peak_bytes'])} GB against {gb(anchor['peak_bytes'])}"]
+
+
+def gate_up_interleaved(inter1, inter2, blocks1, blocks2, inter_docs, blocks_docs):
+    swiglu_bwd, swiglu_fwd = "triton_poi_fused_add_mul_silu_silu_backward_stack", "triton_poi_fused_mul_silu_unbind"
+    return [f"interleaved {wall_ms(inter1)} and {wall_ms(inter2)} ms a step against {wall_ms(blocks1)} and "
+            f"{wall_ms(blocks2)} ms in blocks", f"{wall_ms(inter_docs)} against {wall_ms(blocks_docs)}",
+            f"The SwiGLU backward took {profile_row_ms(inter1, swiglu_bwd)} ms against "
+            f"{profile_row_ms(blocks1, 'triton_poi_fused_add_cat_mul_silu_silu_backward')}, its forward "
+            f"{profile_row_ms(inter1, swiglu_fwd)} against {profile_row_ms(blocks1, 'triton_poi_fused_mul_silu_split')}"]
+
+
 def recipe_log(log: str) -> dict:
     """The numbers lora_qwen.py prints about its training phase."""
     graphed = re.search(r"first step ([\d.]+) s .*steady step ([\d.]+) s", log)   # printed only with the graph on
@@ -1227,6 +1305,16 @@ CHECKS = [   # in the order of the docs
              "run2_prof7b_3_inside_up_to_None.txt", "run2_prof7b_4_inside_up_to_8192.txt")), nf4_wide_tried),
     Text("QLoRA recipe timed", "docs/speed.md",
          tuple(H200 + f"qlora_recipe_2026-12-03/{v}.log" for v in ("qlora", "qlora_unfused")), qlora_recipe),
+    Text("graph's plain replay", "docs/speed.md",
+         (H200 + "graph_plain_replay_2026-12-03/prof.log", H200 + "graph_plain_replay_2026-12-03/new7b.txt",
+          H200 + "graph_plain_replay_2026-12-03/bench05.log", H200 + "nf4_groups_2026-12-03/prof7b_fused.txt",
+          H200 + "bench_rounds_2026-12-03/bench_0.5b_lora_fast-compile-graph_bf16_x3.json"), graph_plain_replay),
+    Text("two changes measured before they landed", "docs/speed.md",
+         tuple(H200 + "branches_2026-12-03/" + f for f in ("lean_host.jsonl", "probe.log", "bench_0.5b_lora_lean_x2.json")),
+         branches_landed),
+    Text("gate/up interleaved tried", "docs/speed.md",
+         tuple(H200 + f"gate_up_interleaved_2026-12-03/{v}.txt"
+               for v in ("inter1", "inter2", "blocks1", "blocks2", "inter_docs3", "blocks_docs3")), gate_up_interleaved),
     Text("lean host-bound", "docs/speed.md",
          (H200 + "bench_gpu_2026-12-02_final.json", H200 + "host_time_lean_2026-12-02.jsonl",
           H200 + "host_time_0.5b_lora_lean_2026-12-02.jsonl", H200 + "host_time_lean_cprofile_2026-12-02.txt",
