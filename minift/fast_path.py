@@ -19,8 +19,8 @@ What it picks, each on unless its flag turns it off or the run cannot use it:
     later, and Inductor builds C++ there, which not every laptop has. Whether the compiled CPU step is faster was not
     measured (the machine was shared); off until a measurement shows it pays. Off: --no-compile.
   - the CUDA graph (minift/cuda_graph.py, TrainConfig.cuda_graph): on CUDA when every batch has
-    one shape (packed rows do), with gradient accumulation too (each replay adds its weighted
-    gradients: minift/cuda_graph.py, Note: accumulation); a last short batch is dropped
+    one shape (packed rows do), with gradient accumulation too (a second graph adds each
+    micro-batch's weighted gradients: minift/cuda_graph.py, Note: accumulation); a last short batch is dropped
     (drop_last) rather than turning the graph off. Full training under
     torchrun (FSDP2) leaves it off too: the shards are gathered and reduced by hooks between the
     layers, which a replay would skip. Off: --no-cuda-graph.
