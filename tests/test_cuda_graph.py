@@ -73,11 +73,11 @@ def test_replay_equals_eager(with_lora, grad_ckpt):
 @pytest.mark.parametrize("with_lora", [False, True])
 def test_weighted_replays_accumulate_like_eager(with_lora):
     """Three micro-batches, weights as the train loop's token shares: the summed gradients of
-    loss_i * w_i, eager, against three replays (the first zeroing, the others adding)."""
+    loss_i * w_i, eager, against three replays (the first writing the gradients, the others adding)."""
     eager, graphed = make_model("cuda", with_lora), make_model("cuda", with_lora)
     step = GraphedStep(graphed)
     weights = (0.5, 0.3, 0.2)
-    for round_ in range(2):   # the second round checks that a step's first replay zeroes the last step's
+    for round_ in range(2):   # the second round checks that a step's first replay overwrites the last step's
         losses = []
         for i, w in enumerate(weights):
             ids, targets = batch(10 * round_ + i, "cuda")
