@@ -87,8 +87,9 @@ class GraphedStep:
     def __call__(self, *, loss_weight: float = 1.0, accumulate: bool = False,
                  **inputs: torch.Tensor | None) -> torch.Tensor:
         """Copy `inputs` into the captured tensors, replay, return the loss (a 0-dim fp32 tensor that
-        the next call overwrites: read it or clone it before calling again). The gradients are those
-        of loss * loss_weight, added to the current ones with accumulate=True (Note: accumulation)."""
+        the next call with the same `accumulate` overwrites: read it or clone it before calling
+        again). The gradients are those of loss * loss_weight, added to the current ones with
+        accumulate=True (Note: accumulation)."""
         if self.graph is None:
             self._capture(inputs)
         else:
