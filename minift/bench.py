@@ -116,7 +116,7 @@ def time_training_steps(cfg: ModelConfig, method: str, batch: int, seq: int, *, 
     return dict(static_bytes=static, fused_groups=fused_groups,
                 peak_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
                 step_s=steady, host_step_s=median_steady(host_times), first_step_s=times[0],
-                tok_per_s=batch * seq / steady)
+                tok_per_s=batch * seq / steady, step_times_s=times)
 
 
 def time_steps(step, vocab_size: int, batch: int, seq: int, steps: int, device) -> tuple[list, list]:
@@ -144,6 +144,21 @@ def median_steady(seconds: list[float]) -> float:
     time is host-bound: the GPU waited for Python and the launches, not the other way round."""
     steady = sorted(seconds[2:])
     return steady[len(steady) // 2]
+
+
+def kernel_times(prof, steps: int) -> dict[str, tuple[float, float]]:
+    """A torch.profiler run of `steps` steps -> {kernel name: (seconds a step, launches a step)}.
+    Their sum is the GPU's busy time a step: well under the wall time, the host (Python, launches)
+    is what the step waits for, not the GPU."""
+    totals: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            total = totals.setdefault(e.name, [0.0, 0])
+            total[0] += e.device_time * 1e-6                # device_time is in microseconds
+            total[1] += 1
+    if not totals:   # a busy time of 0 would read as "all host-bound"
+        raise RuntimeError("the profile holds no CUDA kernels: profile with ProfilerActivity.CUDA on a GPU")
+    return {name: (seconds / steps, count / steps) for name, (seconds, count) in totals.items()}
 
 
 def run_minift_row(row: Row, timeout: float = 600) -> dict:

@@ -15,6 +15,9 @@ fp32 adapters then compute in bf16 (minift's LoRALinear compute_dtype=torch.bflo
 which compile, are outside the median. --liger patches transformers' Qwen2 with Liger's Triton
 kernels before the model is built (apply_liger_kernel_to_qwen2: RMSNorm, RoPE, SwiGLU and the
 fused linear + cross-entropy, which never materialises the logits), as `use_liger_kernel=True` does.
+--profile N runs N more steps under torch.profiler and adds the GPU's busy time a step and its kernel
+launches a step (minift.bench.kernel_times): a busy time well under step_s means the stack waits for
+its host (Python, guards, launches), and its speed then moves with the host's.
 """
 import contextlib
 import argparse
@@ -24,7 +27,7 @@ import time
 import torch
 
 import minift
-from minift.bench import median_steady
+from minift.bench import kernel_times, median_steady
 from minift.optim import AdamW
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -79,6 +82,7 @@ def main():
     ap.add_argument("--autocast", action="store_true", help="forward under torch.autocast(bf16)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--liger", action="store_true", help="Liger kernels (pip install liger-kernel)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="N more steps under torch.profiler")
     a = ap.parse_args()
     device = torch.device("cuda")
     if a.liger:
@@ -106,10 +110,8 @@ def main():
     torch.cuda.reset_peak_memory_stats()
     x = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext()
-    times, host_times = [], []
-    for _ in range(a.steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step():
         if a.method == "infer":
             with torch.no_grad():
                 forward(input_ids=x, logits_to_keep=1)
@@ -119,16 +121,32 @@ def main():
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
+    times, host_times = [], []
+    for _ in range(a.steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
         host_times.append(time.perf_counter() - t0)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     steady = median_steady(times)
+    profiled = {}
+    if a.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(a.profile):
+                step()
+            torch.cuda.synchronize()
+        kernels = kernel_times(prof, a.profile)
+        profiled = dict(gpu_busy_s=sum(t for t, _ in kernels.values()),
+                        kernels_per_step=sum(c for _, c in kernels.values()))
     side = anchor_name(a.method, a.autocast, a.compile, a.liger)
     print(json.dumps(dict(side=side, size=a.size, method=a.method, autocast=a.autocast, compile=a.compile,
                           liger=a.liger,
                           grad_ckpt=a.grad_ckpt, batch=a.batch, seq=a.seq, static_bytes=static,
                           peak_bytes=torch.cuda.max_memory_allocated(), step_s=steady,
-                          host_step_s=median_steady(host_times), tok_per_s=a.batch * a.seq / steady)), flush=True)
+                          host_step_s=median_steady(host_times), tok_per_s=a.batch * a.seq / steady,
+                          step_times_s=times, **profiled)), flush=True)
 
 
 if __name__ == "__main__":

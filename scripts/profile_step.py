@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import torch
 
-from minift.bench import MODES, Row, training_step
+from minift.bench import MODES, Row, kernel_times, training_step
 from minift.config import ModelConfig
 
 
@@ -111,16 +111,12 @@ def main():
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / a.steps
 
-    per_kernel = defaultdict(lambda: [0.0, 0])          # name -> [total us, count]
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[e.name][0] += e.device_time
-            per_kernel[e.name][1] += 1
-    busy = sum(t for t, _ in per_kernel.values()) / a.steps / 1e6
-    launches = sum(c for _, c in per_kernel.values()) / a.steps
+    per_kernel = kernel_times(prof, a.steps)            # name -> (s a step, launches a step)
+    busy = sum(t for t, _ in per_kernel.values())
+    launches = sum(c for _, c in per_kernel.values())
     by_kind = defaultdict(float)
     for name, (t, _) in per_kernel.items():
-        by_kind[kernel_kind(name)] += t / a.steps / 1e6
+        by_kind[kernel_kind(name)] += t
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:a.top]
 
     peak = torch.cuda.max_memory_allocated()
@@ -133,13 +129,13 @@ def main():
         print(f"| {kind} | {t * 1e3:.2f} | {100 * t / busy:.1f}% |")
     print("\n| kernel | ms/step | calls/step |\n|---|---|---|")
     for name, (t, c) in top:
-        print(f"| {name[:110]} | {t / a.steps / 1e3:.2f} | {c / a.steps:.0f} |")
+        print(f"| {name[:110]} | {t * 1e3:.2f} | {c:.0f} |")
 
     os.makedirs(a.out, exist_ok=True)
     out = dict(row=a.row, batch=a.batch, seq=a.seq, docs=a.docs, dropout=a.dropout, unfused=a.unfused,
                inductor=inductor, device=torch.cuda.get_device_name(), torch=torch.__version__,
                wall_s=wall, gpu_busy_s=busy, peak_bytes=peak, kernels_per_step=launches, by_kind_s=dict(by_kind),
-               top=[dict(name=n, s_per_step=t / a.steps / 1e6, calls_per_step=c / a.steps) for n, (t, c) in top])
+               top=[dict(name=n, s_per_step=t, calls_per_step=c) for n, (t, c) in top])
     extra = (f"_docs{a.docs}" if a.docs > 1 else "") + (f"_dropout{a.dropout:g}" if a.dropout else "") + \
         ("_unfused" if a.unfused else "")
     with open(os.path.join(a.out, f"profile_{a.row.replace(':', '_').replace('+', '-')}{extra}.json"), "w") as f:

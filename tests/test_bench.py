@@ -7,6 +7,7 @@ import sys
 from unittest import mock
 
 import pytest
+import torch
 import torch._inductor.config as inductor_config
 
 from minift import bench
@@ -87,6 +88,36 @@ def test_time_training_steps_reports_the_host_part_of_the_step():
                               vocab_size=64)
     out = bench.time_training_steps(cfg, "lora", 1, 8, steps=4, device="cpu", dtype="float32")
     assert 0 < out["host_step_s"] <= out["step_s"]
+
+
+def test_time_training_steps_returns_every_steps_time():
+    cfg = dataclasses.replace(ModelConfig.preset("qwen2.5-0.5b"), hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                              vocab_size=64)
+    out = bench.time_training_steps(cfg, "lora", 1, 8, steps=5, device="cpu", dtype="float32")
+    assert len(out["step_times_s"]) == 5 and out["step_s"] == bench.median_steady(out["step_times_s"])
+
+
+def test_kernel_times_refuses_a_profile_without_cuda_kernels():
+    # a busy time of 0 would say "the GPU idled the whole step"; a CPU-only profile must not say it
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.ones(8) @ torch.ones(8)
+    with pytest.raises(RuntimeError, match="no CUDA kernels"):
+        bench.kernel_times(prof, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA kernels need a GPU")
+def test_kernel_times_counts_each_kernel_a_step():
+    a = torch.randn(512, 512, device="cuda")
+    a @ a
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(4):
+            a @ a
+        torch.cuda.synchronize()
+    kernels = bench.kernel_times(prof, 4)
+    assert sum(calls for _, calls in kernels.values()) >= 1.0          # at least the matmul, once a step
+    assert all(seconds > 0 for seconds, _ in kernels.values())
 
 
 def test_profile_step_sets_inductor_options_and_refuses_unknown_ones():
