@@ -690,6 +690,48 @@ def branches_landed(host_jsonl, probe_log, lean_run):
             f"{times(r['speed_ratio_rounds'][1])}), at {gb(r['minift']['peak_bytes'])} GB against {gb(anchor['peak_bytes'])}"]
 
 
+def anchors_wait(step_times, profiles, bench7b, profile05, profile7b, recipe_log):
+    """The anchors' step times and GPU busy time (anchor_hf.py --profile), the 7B row's rounds."""
+    steps = [json.loads(line) for line in step_times.splitlines() if line.startswith("{")]
+    anchor, ours = steps[0::2], steps[1::2]
+    assert [s["side"] for s in ours] == ["minift", "minift"]
+    steady_ms = lambda s: (f"{min(s['step_times_s'][2:]) * 1e3:.1f}", f"{max(s['step_times_s'][2:]) * 1e3:.1f}")  # noqa: E731
+    first_six = [4096 / upper_median(s["step_times_s"][2:6]) for s in anchor]
+    prof = [json.loads(line) for line in profiles.splitlines() if line.startswith("{")]
+    compiled = [p for p in prof if p["compile"]]
+    liger05 = pick([p for p in prof if p["size"] == "0.5b"], compile=False)
+    qlora7b = pick(prof, size="7b")
+    ms = lambda x: f"{x * 1e3:.1f}"  # noqa: E731
+    busy05 = float(re.search(r"GPU busy ([\d.]+) ms", profile05).group(1))
+    assert ms(compiled[0]["gpu_busy_s"]) == ms(compiled[1]["gpu_busy_s"])
+    r = bench7b["results"][0]
+    matmul7b = profile_row_ms(profile7b, "matmul")
+    steady = re.search(r"steady step ([\d.]+) s", recipe_log).group(1)
+    measured = re.search(r"predicted peak ([\d.]+) GiB, measured ([\d.]+) GiB", recipe_log)
+    return [f"{steady_ms(anchor[0])[0]}-{steady_ms(anchor[0])[1]} ms in its first process and "
+            f"{steady_ms(anchor[1])[0]}-{steady_ms(anchor[1])[1]} ms in its second, medians "
+            f"{tps(anchor[0]['tok_per_s'])} and {tps(anchor[1]['tok_per_s'])} tok/s, while minift's fast 0.5B step took "
+            f"{min(steady_ms(s)[0] for s in ours)}-{max(steady_ms(s)[1] for s in ours)} ms in both "
+            f"({tps(ours[0]['tok_per_s'])} and {tps(ours[1]['tok_per_s'])} tok/s): "
+            f"{times(ours[0]['tok_per_s'] / anchor[0]['tok_per_s'])} and {times(ours[1]['tok_per_s'] / anchor[1]['tok_per_s'])}",
+            f"is {tps(first_six[0])} and {tps(first_six[1])}",
+            f"busy {ms(compiled[0]['gpu_busy_s'])} ms of an {ms(compiled[0]['step_s'])} ms step "
+            f"({ms(compiled[1]['gpu_busy_s'])} of {ms(compiled[1]['step_s'])} in the second process; "
+            f"{compiled[0]['kernels_per_step']:,.0f} kernels a step), Liger's {ms(liger05['gpu_busy_s'])} of "
+            f"{ms(liger05['step_s'])} ms ({liger05['kernels_per_step']:,.0f} kernels), where the 7B QLoRA anchor's was "
+            f"busy {ms(qlora7b['gpu_busy_s'])} of {ms(qlora7b['step_s'])} ms",
+            f"{ms(compiled[0]['gpu_busy_s'])} ms a step for compiled HF + peft against {busy05} ms for minift's graphed "
+            f"step (its profile above, another machine): {times(compiled[0]['gpu_busy_s'] * 1e3 / busy05)}",
+            f"minift {tps(r['minift']['runs_tok_per_s'][0])} and {tps(r['minift']['runs_tok_per_s'][1])} tok/s against "
+            f"{tps(r['anchors'][0]['runs_tok_per_s'][0])} and {tps(r['anchors'][0]['runs_tok_per_s'][1])}: "
+            f"**{times(r['speed_ratio'])}** by the medians (the rounds {times(r['speed_ratio_rounds'][0])} and "
+            f"{times(r['speed_ratio_rounds'][1])}), at {gb(r['minift']['peak_bytes'])} GB against "
+            f"{gb(r['anchors'][0]['peak_bytes'])}",
+            f"{pct(r['minift_mfu'])} MFU by the benchmark's count, and its matmuls alone take {matmul7b} of its "
+            f"{wall_ms(profile7b)} ms",
+            f"steady step {steady} s, {measured.group(2)} GiB measured against {measured.group(1)} predicted"]
+
+
 def gate_up_interleaved(inter1, inter2, blocks1, blocks2, inter_docs, blocks_docs):
     swiglu_bwd, swiglu_fwd = "triton_poi_fused_add_mul_silu_silu_backward_stack", "triton_poi_fused_mul_silu_unbind"
     return [f"interleaved {wall_ms(inter1)} and {wall_ms(inter2)} ms a step against {wall_ms(blocks1)} and "
@@ -1312,6 +1354,11 @@ CHECKS = [   # in the order of the docs
     Text("two changes measured before they landed", "docs/speed.md",
          tuple(H200 + "branches_2026-12-03/" + f for f in ("lean_host.jsonl", "probe.log", "bench_0.5b_lora_lean_x2.json")),
          branches_landed),
+    Text("what the anchors wait for", "docs/speed.md",
+         tuple(H200 + "anchor_host_2026-12-03/" + f for f in ("step_times_20.jsonl", "anchor_profiles.jsonl",
+                                                               "bench_7b_qlora_fast-compile-graph_bf16_x2.json"))
+         + (H200 + "graph_plain_replay_2026-12-03/new1.txt", H200 + "graph_plain_replay_2026-12-03/new7b.txt",
+            H200 + "anchor_host_2026-12-03/recipe_grad_ckpt.log"), anchors_wait),
     Text("gate/up interleaved tried", "docs/speed.md",
          tuple(H200 + f"gate_up_interleaved_2026-12-03/{v}.txt"
                for v in ("inter1", "inter2", "blocks1", "blocks2", "inter_docs3", "blocks_docs3")), gate_up_interleaved),
