@@ -690,7 +690,7 @@ def branches_landed(host_jsonl, probe_log, lean_run):
             f"{times(r['speed_ratio_rounds'][1])}), at {gb(r['minift']['peak_bytes'])} GB against {gb(anchor['peak_bytes'])}"]
 
 
-def anchors_wait(step_times, profiles, bench7b, profile05, profile7b, recipe_log):
+def anchors_wait(step_times, profiles, bench7b, profile05, profile7b, recipe_log, same_profile, same_anchor):
     """The anchors' step times and GPU busy time (anchor_hf.py --profile), the 7B row's rounds."""
     steps = [json.loads(line) for line in step_times.splitlines() if line.startswith("{")]
     anchor, ours = steps[0::2], steps[1::2]
@@ -707,6 +707,8 @@ def anchors_wait(step_times, profiles, bench7b, profile05, profile7b, recipe_log
     r = bench7b["results"][0]
     matmul7b = profile_row_ms(profile7b, "matmul")
     steady = re.search(r"steady step ([\d.]+) s", recipe_log).group(1)
+    same_busy_anchor = json.loads(same_anchor)["gpu_busy_s"]          # one machine, one after the other
+    same_busy_ours = re.search(r"GPU busy ([\d.]+) ms", same_profile).group(1)
     measured = re.search(r"predicted peak ([\d.]+) GiB, measured ([\d.]+) GiB", recipe_log)
     return [f"{steady_ms(anchor[0])[0]}-{steady_ms(anchor[0])[1]} ms in its first process and "
             f"{steady_ms(anchor[1])[0]}-{steady_ms(anchor[1])[1]} ms in its second, medians "
@@ -727,6 +729,8 @@ def anchors_wait(step_times, profiles, bench7b, profile05, profile7b, recipe_log
             f"**{times(r['speed_ratio'])}** by the medians (the rounds {times(r['speed_ratio_rounds'][0])} and "
             f"{times(r['speed_ratio_rounds'][1])}), at {gb(r['minift']['peak_bytes'])} GB against "
             f"{gb(r['anchors'][0]['peak_bytes'])}",
+            f"(`same_machine_*` there), {ms(same_busy_anchor)} against {same_busy_ours} ms: "
+            f"{times(same_busy_anchor * 1e3 / float(same_busy_ours))} again",
             f"{pct(r['minift_mfu'])} MFU by the benchmark's count, and its matmuls alone take {matmul7b} of its "
             f"{wall_ms(profile7b)} ms",
             f"steady step {steady} s, {measured.group(2)} GiB measured against {measured.group(1)} predicted"]
@@ -1358,7 +1362,8 @@ CHECKS = [   # in the order of the docs
          tuple(H200 + "anchor_host_2026-12-03/" + f for f in ("step_times_20.jsonl", "anchor_profiles.jsonl",
                                                                "bench_7b_qlora_fast-compile-graph_bf16_x2.json"))
          + (H200 + "graph_plain_replay_2026-12-03/new1.txt", H200 + "graph_plain_replay_2026-12-03/new7b.txt",
-            H200 + "anchor_host_2026-12-03/recipe_grad_ckpt.log"), anchors_wait),
+            H200 + "anchor_host_2026-12-03/recipe_grad_ckpt.log", H200 + "anchor_host_2026-12-03/same_machine_profile05.txt",
+            H200 + "anchor_host_2026-12-03/same_machine_anchor05.jsonl"), anchors_wait),
     Text("gate/up interleaved tried", "docs/speed.md",
          tuple(H200 + f"gate_up_interleaved_2026-12-03/{v}.txt"
                for v in ("inter1", "inter2", "blocks1", "blocks2", "inter_docs3", "blocks_docs3")), gate_up_interleaved),
